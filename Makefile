@@ -1,0 +1,45 @@
+# Outpost: the user-facing commands. CMake does the building; this file only
+# names the steps. See README.md.
+BUILD      ?= build
+BUILD_ASAN ?= build-asan
+JOBS       ?= $(shell nproc)
+CONFIG     ?= examples/outpost.yaml
+CTEST_ARGS ?= --output-on-failure --timeout 600
+
+.PHONY: all deps build configure test test-fast test-asan run clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j$(JOBS)
+
+$(BUILD_ASAN)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DOUTPOST_SANITIZE=ON
+
+# Every test on the release build, then the same suite under ASan+UBSan.
+test: deps
+	$(MAKE) build
+	cd $(BUILD) && ctest $(CTEST_ARGS)
+	$(MAKE) test-asan
+
+test-fast: build
+	cd $(BUILD) && ctest $(CTEST_ARGS)
+
+test-asan: $(BUILD_ASAN)/CMakeCache.txt
+	cmake --build $(BUILD_ASAN) -j$(JOBS)
+	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_ARGS)
+
+run: deps
+	$(MAKE) build
+	mkdir -p var
+	./$(BUILD)/outpostd --config $(CONFIG)
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -1,0 +1,762 @@
+#include "api/op_api.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "metrics/op_metrics.h"
+#include "platform/pl_hash.h"
+#include "platform/pl_log.h"
+#include "platform/pl_time.h"
+#include "runtime/op_runtime.h"
+
+#define ACCOUNTS_PREFIX "/client/v4/accounts/"
+
+/* ------------------------------------------------------------------------ */
+/* responses                                                                 */
+/* ------------------------------------------------------------------------ */
+
+char *op_api_error_json(int code, const char *message)
+{
+    json_t *env = json_pack("{s:b, s:[{s:i, s:s}], s:[], s:n}", "success", 0, "errors", "code",
+                            code, "message", message ? message : "", "messages", "result");
+    char *s = env ? json_dumps(env, JSON_COMPACT) : NULL;
+    json_decref(env);
+    return s;
+}
+
+static void respond_error(op_http_req *r, int status, int code, const char *message)
+{
+    char *body = op_api_error_json(code, message);
+    if (!body) {
+        op_http_respond(r, 500, "text/plain", "out of memory\n", 14);
+        return;
+    }
+    op_http_respond(r, status, "application/json", body, strlen(body));
+    free(body);
+}
+
+/* Sends json (reference stolen) as the body. */
+static void respond_json(op_http_req *r, int status, json_t *json)
+{
+    char *body = json ? json_dumps(json, JSON_COMPACT) : NULL;
+    json_decref(json);
+    if (!body) {
+        respond_error(r, 500, OP_API_ERR_INFERENCE, "out of memory");
+        return;
+    }
+    op_http_respond(r, status, "application/json", body, strlen(body));
+    free(body);
+}
+
+/* {"result": result, "success": true, "errors": [], "messages": []} */
+static json_t *envelope_ok(json_t *result)
+{
+    return json_pack("{s:o, s:b, s:[], s:[]}", "result", result ? result : json_null(), "success",
+                     1, "errors", "messages");
+}
+
+/* ------------------------------------------------------------------------ */
+/* authentication                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Finds the account whose token hashes to the bearer token. Every token of
+ * every account is compared, in constant time each, so the time taken does
+ * not depend on which one matched. */
+static const op_config_account *account_for_token(const op_config *cfg, const char *token)
+{
+    uint8_t h[PL_SHA256_LEN];
+    pl_sha256(token, strlen(token), h);
+    const op_config_account *found = NULL;
+    for (size_t i = 0; i < cfg->n_accounts; i++)
+        for (size_t k = 0; k < cfg->accounts[i].n_tokens; k++)
+            if (pl_secure_equal(h, cfg->accounts[i].tokens[k].sha256, PL_SHA256_LEN) && !found)
+                found = &cfg->accounts[i];
+    return found;
+}
+
+/* Resolves the caller's account. path_account is the {account} of an
+ * account-scoped path, or NULL. Answers the request and returns NULL when
+ * access is refused. */
+static const op_config_account *authenticate(op_http_req *r, const op_runtime *rt,
+                                             const char *path_account)
+{
+    const char *authz = op_http_req_header(r, "Authorization");
+    const op_config_account *acct = NULL;
+    if (authz) {
+        if (strncasecmp(authz, "Bearer ", 7) != 0) {
+            respond_error(r, 401, OP_API_ERR_AUTH, "Authorization must be 'Bearer <token>'");
+            return NULL;
+        }
+        const char *tok = authz + 7;
+        while (*tok == ' ')
+            tok++;
+        acct = account_for_token(rt->cfg, tok);
+        if (!acct) {
+            respond_error(r, 401, OP_API_ERR_AUTH, "Authentication error: invalid API token");
+            return NULL;
+        }
+        if (path_account && strcmp(path_account, acct->id) != 0) {
+            respond_error(r, 403, OP_API_ERR_FORBIDDEN,
+                          "the API token does not belong to this account");
+            return NULL;
+        }
+        return acct;
+    }
+    if (!rt->listener_is_loopback) {
+        respond_error(r, 401, OP_API_ERR_AUTH,
+                      "Authentication error: an API token is required (Authorization: Bearer)");
+        return NULL;
+    }
+    /* Loopback listener: the host's own users may call without a token. */
+    if (path_account) {
+        acct = op_config_find_account(rt->cfg, path_account);
+        if (!acct) {
+            respond_error(r, 404, OP_API_ERR_ACCOUNT, "no such account");
+            return NULL;
+        }
+        return acct;
+    }
+    if (rt->cfg->n_accounts == 0) {
+        respond_error(r, 403, OP_API_ERR_ACCOUNT, "no account is configured");
+        return NULL;
+    }
+    return &rt->cfg->accounts[0];
+}
+
+/* ------------------------------------------------------------------------ */
+/* simple endpoints                                                          */
+/* ------------------------------------------------------------------------ */
+
+static void handle_healthz(op_http_req *r)
+{
+    op_http_respond(r, 200, "application/json", "{\"status\":\"ok\"}", 15);
+}
+
+static void handle_readyz(op_http_req *r, const op_runtime *rt)
+{
+    json_t *failed = json_array();
+    for (size_t i = 0; i < rt->n_models; i++)
+        if (!rt->models[i].model)
+            json_array_append_new(failed, json_pack("{s:s, s:s}", "model", rt->models[i].cfg->id,
+                                                    "error", rt->models[i].load_error
+                                                                 ? rt->models[i].load_error
+                                                                 : "not loaded"));
+    bool ready = json_array_size(failed) == 0;
+    respond_json(r, ready ? 200 : 503,
+                 json_pack("{s:b, s:I, s:o}", "ready", ready, "models",
+                           (json_int_t)rt->n_models, "failed", failed));
+}
+
+static void handle_metrics(op_http_req *r)
+{
+    char *text;
+    size_t len;
+    if (op_metrics_render(&text, &len) != 0) {
+        respond_error(r, 500, OP_API_ERR_INFERENCE, "out of memory");
+        return;
+    }
+    op_http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+}
+
+static const char *task_display_name(const char *task)
+{
+    if (strcmp(task, "text-generation") == 0)
+        return "Text Generation";
+    if (strcmp(task, "text-embeddings") == 0)
+        return "Text Embeddings";
+    if (strcmp(task, "text-classification") == 0)
+        return "Text Classification";
+    return task;
+}
+
+/* A stable UUID-shaped id from the model id, as the catalog API has one. */
+static void model_uuid(const char *id, char out[37])
+{
+    char hex[PL_SHA256_HEX_LEN + 1];
+    pl_sha256_hex(id, strlen(id), hex);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
+static void handle_openai_models(op_http_req *r, const op_runtime *rt)
+{
+    json_t *data = json_array();
+    for (size_t i = 0; i < rt->n_models; i++) {
+        const op_config_model *c = rt->models[i].cfg;
+        json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s, s:s}", "id", c->id, "object",
+                                              "model", "created", 0, "owned_by", "outpost", "task",
+                                              c->task));
+        for (size_t k = 0; k < c->n_aliases; k++)
+            json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "id",
+                                                  c->aliases[k], "object", "model", "created", 0,
+                                                  "owned_by", "outpost", "task", c->task, "root",
+                                                  c->id));
+    }
+    respond_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+}
+
+static void add_property(json_t *props, const char *name, long long v)
+{
+    if (v <= 0)
+        return;
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", v);
+    json_array_append_new(props, json_pack("{s:s, s:s}", "property_id", name, "value", buf));
+}
+
+static long query_long(op_http_req *r, const char *name, long dflt, long lo, long hi)
+{
+    const char *v = op_http_req_query(r, name);
+    if (!v || !*v)
+        return dflt;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < lo)
+        return dflt;
+    return n > hi ? hi : n;
+}
+
+static void handle_models_search(op_http_req *r, const op_runtime *rt)
+{
+    const char *search = op_http_req_query(r, "search");
+    const char *task = op_http_req_query(r, "task");
+    long page = query_long(r, "page", 1, 1, 1000000);
+    long per_page = query_long(r, "per_page", 50, 1, 1000);
+    json_t *all = json_array();
+    for (size_t i = 0; i < rt->n_models; i++) {
+        const op_config_model *c = rt->models[i].cfg;
+        if (search && *search && !strcasestr(c->id, search) &&
+            !(c->description && strcasestr(c->description, search)))
+            continue;
+        if (task && *task && strcasecmp(task, c->task) != 0 &&
+            strcasecmp(task, task_display_name(c->task)) != 0)
+            continue;
+        char uuid[37];
+        model_uuid(c->id, uuid);
+        json_t *props = json_array();
+        const char *desc = c->description ? c->description : "";
+        if (rt->models[i].model) {
+            const outpost_model_info *info = op_model_info(rt->models[i].model);
+            add_property(props, "context_window", info->context_window);
+            add_property(props, "parameters", info->parameters);
+            add_property(props, "dimensions", info->dimensions);
+            if (!c->description && info->description)
+                desc = info->description;
+        }
+        json_t *aliases = json_array();
+        for (size_t k = 0; k < c->n_aliases; k++)
+            json_array_append_new(aliases, json_string(c->aliases[k]));
+        json_array_append_new(
+            all, json_pack("{s:s, s:i, s:s, s:s, s:{s:s, s:s, s:s}, s:[], s:o, s:o, s:b}", "id",
+                           uuid, "source", 1, "name", c->id, "description", desc, "task", "id",
+                           c->task, "name", task_display_name(c->task), "description", "", "tags",
+                           "properties", props, "aliases", aliases, "ready",
+                           rt->models[i].model != NULL));
+    }
+    size_t total = json_array_size(all);
+    json_t *result = json_array();
+    size_t start = (size_t)(page - 1) * (size_t)per_page;
+    for (size_t i = start; i < total && i < start + (size_t)per_page; i++)
+        json_array_append(result, json_array_get(all, i));
+    json_decref(all);
+    json_t *env = envelope_ok(result);
+    json_object_set_new(env, "result_info",
+                        json_pack("{s:I, s:I, s:I, s:I}", "count",
+                                  (json_int_t)json_array_size(json_object_get(env, "result")),
+                                  "page", (json_int_t)page, "per_page", (json_int_t)per_page,
+                                  "total_count", (json_int_t)total));
+    respond_json(r, 200, env);
+}
+
+/* ------------------------------------------------------------------------ */
+/* inference                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* One inference in flight. References: the HTTP request (op_http_req_ref),
+ * the runtime snapshot, and the op_infer handle; freed when both the plugin
+ * has completed and the connection has closed. */
+typedef struct api_call {
+    op_http_req *req;
+    op_runtime *rt;
+    op_infer *infer;
+    pthread_mutex_t mu;
+    _Atomic int refs;
+    bool stream;
+    bool stream_started;
+    bool completed;
+    uint64_t deadline_ns;
+    struct api_call *prev, *next; /* watchdog list */
+} api_call;
+
+static pthread_mutex_t g_calls_mu = PTHREAD_MUTEX_INITIALIZER;
+static api_call *g_calls;
+static _Atomic int g_calls_n;
+static pthread_t g_watchdog;
+static _Atomic bool g_watchdog_stop;
+static bool g_watchdog_running;
+
+static void call_unref(api_call *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    pthread_mutex_lock(&g_calls_mu);
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (g_calls == c)
+        g_calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    pthread_mutex_unlock(&g_calls_mu);
+    atomic_fetch_sub(&g_calls_n, 1);
+    if (c->infer)
+        op_infer_release(c->infer);
+    op_http_req_unref(c->req);
+    op_runtime_release(c->rt);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static void sse_write_json(op_http_req *r, json_t *obj)
+{
+    char *s = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    if (!s)
+        return;
+    size_t n = strlen(s);
+    char *line = malloc(n + 9);
+    if (line) {
+        memcpy(line, "data: ", 6);
+        memcpy(line + 6, s, n);
+        memcpy(line + 6 + n, "\n\n", 2);
+        op_http_stream_write(r, line, n + 8);
+        free(line);
+    }
+    free(s);
+}
+
+static int call_on_emit(void *ctx, const char *text, size_t len)
+{
+    api_call *c = ctx;
+    if (!c->stream)
+        return 0; /* a plugin may emit for non-streamed requests too: ignore */
+    if (!c->stream_started) {
+        c->stream_started = true;
+        if (op_http_stream_begin(c->req, 200, "text/event-stream") != 0)
+            return -1;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "response", json_stringn(text, len));
+    if (!json_object_get(o, "response"))
+        json_object_set_new(o, "response", json_string("\xef\xbf\xbd")); /* invalid UTF-8 piece */
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s)
+        return -1;
+    size_t n = strlen(s);
+    char *line = malloc(n + 9);
+    int rc = -1;
+    if (line) {
+        memcpy(line, "data: ", 6);
+        memcpy(line + 6, s, n);
+        memcpy(line + 6 + n, "\n\n", 2);
+        rc = op_http_stream_write(c->req, line, n + 8);
+        free(line);
+    }
+    free(s);
+    return rc;
+}
+
+static void call_on_complete(void *ctx, const char *result_json, size_t len, int code,
+                             const char *message)
+{
+    api_call *c = ctx;
+    pthread_mutex_lock(&c->mu);
+    c->completed = true;
+    pthread_mutex_unlock(&c->mu);
+    json_t *result = NULL;
+    if (code == 0) {
+        json_error_t jerr;
+        result = json_loadb(result_json ? result_json : "", len, JSON_DECODE_ANY, &jerr);
+        if (!result) {
+            code = OUTPOST_ERR_INTERNAL;
+            message = "the model plugin returned invalid JSON";
+            PL_LOG_ERROR("inference.bad_result", "reason", jerr.text);
+        }
+    }
+    if (c->stream && (c->stream_started || code == 0)) {
+        if (!c->stream_started) {
+            c->stream_started = true;
+            op_http_stream_begin(c->req, 200, "text/event-stream");
+        }
+        if (code == 0) {
+            /* The last event carries the usage, as Workers AI streams do. */
+            json_t *last = json_pack("{s:s}", "response", "");
+            json_t *usage = json_object_get(result, "usage");
+            if (usage)
+                json_object_set(last, "usage", usage);
+            sse_write_json(c->req, last);
+        } else {
+            sse_write_json(c->req, json_pack("{s:[{s:i, s:s}]}", "errors", "code",
+                                             OP_API_ERR_INFERENCE, "message",
+                                             message ? message : "inference failed"));
+        }
+        op_http_stream_write(c->req, "data: [DONE]\n\n", 14);
+        op_http_stream_end(c->req);
+    } else if (code == 0) {
+        respond_json(c->req, 200, envelope_ok(json_incref(result)));
+    } else {
+        int status = op_http_status_for_error(code);
+        int api_code = code == OUTPOST_ERR_INVALID_ARGUMENT || code == OUTPOST_ERR_UNSUPPORTED
+                           ? OP_API_ERR_INVALID_INPUT
+                       : code == OUTPOST_ERR_RESOURCE_EXHAUSTED ? OP_API_ERR_OVERLOADED
+                       : code == OUTPOST_ERR_DEADLINE_EXCEEDED  ? OP_API_ERR_TIMEOUT
+                                                                : OP_API_ERR_INFERENCE;
+        if (code == OUTPOST_ERR_RESOURCE_EXHAUSTED || code == OUTPOST_ERR_UNAVAILABLE)
+            op_http_add_header(c->req, "Retry-After", "1");
+        respond_error(c->req, status, api_code, message ? message : "inference failed");
+    }
+    json_decref(result);
+    call_unref(c); /* the plugin side's reference */
+}
+
+static void call_on_close(op_http_req *r, bool completed, void *user)
+{
+    api_call *c = user;
+    (void)r;
+    pthread_mutex_lock(&c->mu);
+    bool running = !c->completed;
+    pthread_mutex_unlock(&c->mu);
+    if (running && c->infer)
+        op_infer_cancel(c->infer); /* client gone: free the model's slot */
+    call_unref(c);                 /* the connection's reference */
+}
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&g_watchdog_stop)) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        uint64_t now = pl_time_mono_ns();
+        pthread_mutex_lock(&g_calls_mu);
+        for (api_call *c = g_calls; c; c = c->next) {
+            if (c->deadline_ns && now > c->deadline_ns && c->infer) {
+                c->deadline_ns = 0; /* cancel once */
+                op_infer_cancel(c->infer);
+            }
+        }
+        pthread_mutex_unlock(&g_calls_mu);
+    }
+    return NULL;
+}
+
+int op_api_start(void)
+{
+    atomic_store(&g_watchdog_stop, false);
+    if (pthread_create(&g_watchdog, NULL, watchdog_main, NULL) != 0)
+        return -1;
+    g_watchdog_running = true;
+    return 0;
+}
+
+void op_api_stop(void)
+{
+    if (!g_watchdog_running)
+        return;
+    atomic_store(&g_watchdog_stop, true);
+    pthread_join(g_watchdog, NULL);
+    g_watchdog_running = false;
+}
+
+void op_api_cancel_all(void)
+{
+    pthread_mutex_lock(&g_calls_mu);
+    for (api_call *c = g_calls; c; c = c->next)
+        if (c->infer)
+            op_infer_cancel(c->infer);
+    pthread_mutex_unlock(&g_calls_mu);
+}
+
+int op_api_in_flight(void) { return atomic_load(&g_calls_n); }
+
+typedef struct hdr_vec {
+    op_policy_header items[64];
+    size_t n;
+} hdr_vec;
+
+static void collect_header(const char *name, const char *value, void *ctx)
+{
+    hdr_vec *v = ctx;
+    if (v->n < sizeof v->items / sizeof v->items[0]) {
+        v->items[v->n].name = name;
+        v->items[v->n].value = value;
+        v->n++;
+    }
+}
+
+/* A rough prompt-size estimate for policies (about 4 bytes a token), until
+ * the model's own tokenizer can be asked. */
+static long long estimate_tokens(json_t *body)
+{
+    size_t bytes = 0;
+    json_t *prompt = json_object_get(body, "prompt");
+    if (json_is_string(prompt))
+        bytes += json_string_length(prompt);
+    json_t *msgs = json_object_get(body, "messages");
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m)
+    {
+        json_t *content = json_object_get(m, "content");
+        if (json_is_string(content))
+            bytes += json_string_length(content);
+    }
+    json_t *text = json_object_get(body, "text");
+    if (json_is_string(text))
+        bytes += json_string_length(text);
+    json_array_foreach(text, i, m) if (json_is_string(m)) bytes += json_string_length(m);
+    return (long long)((bytes + 3) / 4);
+}
+
+static void handle_ai_run(op_http_req *r, op_runtime *rt, const op_config_account *acct,
+                          const char *model_id)
+{
+    size_t blen;
+    const char *body = op_http_req_body(r, &blen);
+    json_error_t jerr;
+    json_t *in = json_loadb(body, blen, 0, &jerr);
+    if (!in || !json_is_object(in)) {
+        char msg[256];
+        if (!in)
+            snprintf(msg, sizeof msg, "request body is not valid JSON: %s (line %d, column %d)",
+                     jerr.text, jerr.line, jerr.column);
+        else
+            snprintf(msg, sizeof msg, "request body must be a JSON object");
+        json_decref(in);
+        respond_error(r, 400, OP_API_ERR_INVALID_INPUT, msg);
+        return;
+    }
+
+    char target[256];
+    snprintf(target, sizeof target, "%s", model_id);
+    const op_runtime_model *m = op_runtime_find_model(rt, target);
+
+    if (rt->policies) {
+        hdr_vec hv;
+        hv.n = 0;
+        op_http_req_headers(r, collect_header, &hv);
+        op_route_request pr = {
+            .account = acct->id,
+            .model = target,
+            .task = m ? m->cfg->task : NULL,
+            .method = op_http_req_method(r),
+            .path = op_http_req_path(r),
+            .headers = hv.items,
+            .n_headers = hv.n,
+            .body_json = body,
+            .body_len = blen,
+            .tokens_estimate = estimate_tokens(in),
+        };
+        op_route_decision d;
+        op_policy_status st = op_policy_route(rt->policies, &pr, &d);
+        if (st != OP_POLICY_OK) {
+            json_decref(in);
+            respond_error(r, 500, OP_API_ERR_POLICY_FAILED, d.message);
+            return;
+        }
+        if (d.action == OP_ROUTE_REJECT) {
+            json_decref(in);
+            respond_error(r, d.status >= 400 && d.status <= 599 ? d.status : 403,
+                          OP_API_ERR_POLICY_REJECT, d.message);
+            return;
+        }
+        if (strcmp(d.model, target) != 0) {
+            snprintf(target, sizeof target, "%s", d.model);
+            m = op_runtime_find_model(rt, target);
+        }
+    }
+
+    if (!m) {
+        json_decref(in);
+        char msg[384];
+        snprintf(msg, sizeof msg, "No such model %s", target);
+        respond_error(r, 404, OP_API_ERR_NO_MODEL, msg);
+        return;
+    }
+    if (!m->model) {
+        json_decref(in);
+        char msg[768];
+        snprintf(msg, sizeof msg, "model %s is not available: %s", target,
+                 m->load_error ? m->load_error : "not loaded");
+        op_http_add_header(r, "Retry-After", "30");
+        respond_error(r, 503, OP_API_ERR_MODEL_UNAVAILABLE, msg);
+        return;
+    }
+    bool stream = json_is_true(json_object_get(in, "stream"));
+    json_decref(in);
+
+    api_call *c = calloc(1, sizeof *c);
+    if (!c) {
+        respond_error(r, 500, OP_API_ERR_INFERENCE, "out of memory");
+        return;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    atomic_init(&c->refs, 3); /* connection, plugin side, this function */
+    c->req = r;
+    op_http_req_ref(r);
+    c->rt = rt;
+    atomic_fetch_add(&rt->refs, 1);
+    c->stream = stream;
+    int timeout = rt->cfg->server.request_timeout_s;
+    c->deadline_ns = timeout > 0 ? pl_time_mono_ns() + (uint64_t)timeout * 1000000000ull : 0;
+    atomic_fetch_add(&g_calls_n, 1);
+    op_http_req_set_user(r, c);
+    op_http_req_on_close(r, call_on_close);
+
+    op_infer_callbacks cb = {.ctx = c, .on_emit = call_on_emit, .on_complete = call_on_complete};
+    char err[512];
+    op_infer *inf = NULL;
+    /* The list lock is held across submit so the watchdog and cancel_all see
+     * c->infer only once it is set. */
+    pthread_mutex_lock(&g_calls_mu);
+    c->next = g_calls;
+    if (g_calls)
+        g_calls->prev = c;
+    g_calls = c;
+    pthread_mutex_unlock(&g_calls_mu);
+    int code = op_infer_submit(m->model, m->cfg->id, m->cfg->task, body, blen, stream, &cb, &inf,
+                               err, sizeof err);
+    if (code != 0) {
+        int status = op_http_status_for_error(code);
+        if (code == OUTPOST_ERR_RESOURCE_EXHAUSTED || code == OUTPOST_ERR_UNAVAILABLE)
+            op_http_add_header(r, "Retry-After", "1");
+        respond_error(r,
+                      status, code == OUTPOST_ERR_RESOURCE_EXHAUSTED ? OP_API_ERR_OVERLOADED
+                              : status == 400                        ? OP_API_ERR_INVALID_INPUT
+                                                                     : OP_API_ERR_INFERENCE,
+                      err);
+        call_unref(c); /* no plugin completion will come */
+    } else {
+        pthread_mutex_lock(&g_calls_mu);
+        c->infer = inf;
+        pthread_mutex_unlock(&g_calls_mu);
+    }
+    call_unref(c); /* this function's reference */
+}
+
+/* ------------------------------------------------------------------------ */
+/* routing                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static bool is_get(op_http_req *r) { return strcmp(op_http_req_method(r), "GET") == 0; }
+static bool is_post(op_http_req *r) { return strcmp(op_http_req_method(r), "POST") == 0; }
+
+static void method_not_allowed(op_http_req *r, const char *allow)
+{
+    op_http_add_header(r, "Allow", allow);
+    respond_error(r, 405, OP_API_ERR_METHOD, "method not allowed for this route");
+}
+
+/* Splits "/client/v4/accounts/{account}/rest" into account and rest. */
+static bool split_account(const char *path, char *account, size_t alen, const char **rest)
+{
+    if (strncmp(path, ACCOUNTS_PREFIX, sizeof ACCOUNTS_PREFIX - 1) != 0)
+        return false;
+    const char *a = path + sizeof ACCOUNTS_PREFIX - 1;
+    const char *slash = strchr(a, '/');
+    size_t n = slash ? (size_t)(slash - a) : strlen(a);
+    if (n == 0 || n >= alen)
+        return false;
+    memcpy(account, a, n);
+    account[n] = '\0';
+    *rest = slash ? slash : "";
+    return true;
+}
+
+static void route_api(op_http_req *r, op_runtime *rt)
+{
+    const char *path = op_http_req_path(r);
+    char account[80];
+    const char *rest = NULL;
+    bool scoped = split_account(path, account, sizeof account, &rest);
+    const char *sub = scoped ? rest : path;
+
+    if (strncmp(sub, "/ai/run/", 8) == 0 && (scoped || strcmp(path, sub) == 0)) {
+        op_http_req_set_route(r, "ai_run");
+        if (!is_post(r)) {
+            method_not_allowed(r, "POST");
+            return;
+        }
+        const op_config_account *acct = authenticate(r, rt, scoped ? account : NULL);
+        if (!acct)
+            return;
+        if (sub[8] == '\0') {
+            respond_error(r, 404, OP_API_ERR_NO_MODEL, "missing model in path");
+            return;
+        }
+        handle_ai_run(r, rt, acct, sub + 8);
+        return;
+    }
+    if ((!scoped && strcmp(path, "/v1/models") == 0) ||
+        (scoped && strcmp(sub, "/ai/v1/models") == 0)) {
+        op_http_req_set_route(r, "models");
+        if (!is_get(r)) {
+            method_not_allowed(r, "GET");
+            return;
+        }
+        if (authenticate(r, rt, scoped ? account : NULL))
+            handle_openai_models(r, rt);
+        return;
+    }
+    if (scoped && strcmp(sub, "/ai/models/search") == 0) {
+        op_http_req_set_route(r, "models_search");
+        if (!is_get(r)) {
+            method_not_allowed(r, "GET");
+            return;
+        }
+        if (authenticate(r, rt, account))
+            handle_models_search(r, rt);
+        return;
+    }
+    op_http_req_set_route(r, "unknown");
+    /* Unknown routes still need a token off loopback, so that probing them
+     * tells an anonymous caller nothing. */
+    if (authenticate(r, rt, NULL))
+        respond_error(r, 404, OP_API_ERR_NO_ROUTE, "no route for that URI");
+}
+
+void op_api_handle(op_http_req *r, void *user)
+{
+    (void)user;
+    const char *path = op_http_req_path(r);
+    if (strcmp(path, "/healthz") == 0) {
+        op_http_req_set_route(r, "healthz");
+        handle_healthz(r);
+        return;
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        op_http_req_set_route(r, "metrics");
+        if (is_get(r))
+            handle_metrics(r);
+        else
+            method_not_allowed(r, "GET");
+        return;
+    }
+    op_runtime *rt = op_runtime_acquire();
+    if (!rt) {
+        respond_error(r, 503, OP_API_ERR_MODEL_UNAVAILABLE, "starting up");
+        return;
+    }
+    if (strcmp(path, "/readyz") == 0) {
+        op_http_req_set_route(r, "readyz");
+        handle_readyz(r, rt);
+    } else {
+        route_api(r, rt);
+    }
+    op_runtime_release(rt);
+}

@@ -1,0 +1,52 @@
+/*
+ * op_api: the agent's HTTP API: routing, authentication, the error envelope
+ * and the handlers (health, metrics, model catalog, inference).
+ *
+ * The HTTP server (op_http) calls op_api_handle() for every request on a
+ * worker thread. Inference requests are deferred: the handler submits to the
+ * model's plugin and the plugin's callbacks answer or stream from plugin
+ * threads. Every request reads one op_runtime snapshot for its whole life.
+ *
+ * Threading: op_api_handle runs concurrently on all workers. The deadline
+ * watchdog is one thread started by op_api_start and stopped by op_api_stop.
+ *
+ * Reference: docs/api.md.
+ */
+#ifndef OP_API_H
+#define OP_API_H
+
+#include "http/op_http.h"
+
+/* API error codes in the envelope's errors[].code (docs/api.md). */
+enum {
+    OP_API_ERR_NO_ROUTE = 7000,
+    OP_API_ERR_METHOD = 7001,
+    OP_API_ERR_AUTH = 10000,
+    OP_API_ERR_FORBIDDEN = 10001,
+    OP_API_ERR_ACCOUNT = 10002,
+    OP_API_ERR_INVALID_INPUT = 5004,
+    OP_API_ERR_NO_MODEL = 5007,
+    OP_API_ERR_MODEL_UNAVAILABLE = 5008,
+    OP_API_ERR_POLICY_REJECT = 3051,
+    OP_API_ERR_POLICY_FAILED = 3050,
+    OP_API_ERR_INFERENCE = 3003,
+    OP_API_ERR_OVERLOADED = 3040,
+    OP_API_ERR_TIMEOUT = 3046,
+};
+
+/* Starts the deadline watchdog. Returns 0 or -1. */
+int op_api_start(void);
+/* Cancels every inference still running (shutdown after the grace period). */
+void op_api_cancel_all(void);
+/* Stops the watchdog. */
+void op_api_stop(void);
+/* Inference requests in flight. */
+int op_api_in_flight(void);
+
+/* The op_http handler. user is unused. */
+void op_api_handle(op_http_req *req, void *user);
+
+/* Writes the error envelope for (code, message) into a malloc'd string. */
+char *op_api_error_json(int code, const char *message);
+
+#endif

@@ -1,0 +1,159 @@
+/*
+ * op_config: the agent's YAML configuration, parsed with libyaml into typed,
+ * validated structs.
+ *
+ * Every error names its place as FILE:LINE:COLUMN (1-based, as editors count)
+ * followed by a message: unknown keys, wrong types, out-of-range values,
+ * missing required keys (reported at the mapping that lacks them), duplicate
+ * keys and duplicate ids. Parsing collects all errors it can rather than
+ * stopping at the first.
+ *
+ * Ownership: op_config_load() returns a config the caller owns and releases
+ * with op_config_free(); every string inside it is owned by the config. A
+ * loaded config is never modified, so it may be read from any thread without
+ * locks. Reload builds a new config and swaps it in (see op_runtime).
+ *
+ * Relative paths (data_dir, plugin dirs, model paths, policy files, lua lib
+ * dir) are resolved against the directory of the config file at load time, so
+ * the config works from any working directory.
+ *
+ * Reference: docs/config.md.
+ */
+#ifndef OP_CONFIG_H
+#define OP_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "platform/pl_hash.h"
+#include "platform/pl_log.h"
+
+/* Input bounds: larger files and deeper nesting are refused with an error. */
+#define OP_CONFIG_MAX_BYTES (1u << 20)
+#define OP_CONFIG_MAX_DEPTH 32
+
+/* Where a value came from, for errors found after parsing. */
+typedef struct op_config_pos {
+    int line;   /* 1-based; 0 if not from the file (a default) */
+    int column; /* 1-based */
+} op_config_pos;
+
+typedef struct op_config_server {
+    char *listen_host;        /* "127.0.0.1", "::1", "0.0.0.0" ... (required: server.listen) */
+    uint16_t listen_port;     /* 0 = any free port */
+    int workers;              /* HTTP worker threads; 0 = usable cores (default 0) */
+    size_t max_body_bytes;    /* request bodies larger get 413 (default 10 MiB) */
+    size_t max_header_bytes;  /* per-connection header memory (default 32 KiB) */
+    int max_connections;      /* default 1024 */
+    int idle_timeout_s;       /* keep-alive idle close (default 60) */
+    int request_timeout_s;    /* whole inference request deadline (default 300) */
+    int shutdown_grace_s;     /* SIGTERM: wait this long for in-flight (default 30) */
+    op_config_pos pos;
+} op_config_server;
+
+typedef struct op_config_log {
+    pl_log_level level;       /* default info */
+    pl_log_format format;     /* "kv" (default) | "json" */
+} op_config_log;
+
+typedef struct op_config_token {
+    char *name;                         /* label shown in logs, never the secret */
+    uint8_t sha256[PL_SHA256_LEN];      /* SHA-256 of the bearer token */
+    op_config_pos pos;
+} op_config_token;
+
+typedef struct op_config_account {
+    char *id;                 /* [A-Za-z0-9_-]{1,64}, unique */
+    char *name;               /* optional display name (defaults to id) */
+    op_config_token *tokens;
+    size_t n_tokens;
+    op_config_pos pos;
+} op_config_account;
+
+/* A plugin-specific option: both key and value are strings as written
+ * (numbers and booleans keep their YAML spelling). */
+typedef struct op_config_kv {
+    char *key;
+    char *value;
+} op_config_kv;
+
+typedef struct op_config_model {
+    char *id;                 /* catalog id, e.g. "@local/smollm2-135m-instruct" (unique) */
+    char *plugin;             /* plugin name as the plugin declares it */
+    char *task;               /* "text-generation", "text-embeddings", ... */
+    char *path;               /* model file or directory, resolved; may be NULL */
+    char *description;        /* optional */
+    char **aliases;           /* more ids for the same model (unique across all ids) */
+    size_t n_aliases;
+    op_config_kv *options;    /* passed to the plugin unchanged */
+    size_t n_options;
+    op_config_pos pos;
+} op_config_model;
+
+typedef struct op_config_policy {
+    char *lib_dir;            /* require("outpost.x") resolves in here (default: built-in lua/) */
+    size_t memory_bytes;      /* Lua heap cap per worker state (default 8 MiB) */
+    uint64_t instructions;    /* VM instruction budget per hook call (default 1,000,000) */
+    char **files;             /* policy scripts, run in order */
+    op_config_pos *file_pos;
+    size_t n_files;
+} op_config_policy;
+
+typedef struct op_config {
+    char *path;               /* the file this came from, as given */
+    char *base_dir;           /* its directory, for relative paths */
+    op_config_server server;
+    op_config_log log;
+    char *data_dir;           /* default "./var" relative to the config */
+    int cpu_threads;          /* devices.cpu.threads; 0 = usable cores */
+    char **plugin_dirs;       /* plugins.dirs */
+    size_t n_plugin_dirs;
+    op_config_account *accounts;
+    size_t n_accounts;
+    op_config_model *models;
+    size_t n_models;
+    op_config_policy policy;
+} op_config;
+
+/* One diagnostic; message already starts with "FILE:LINE:COLUMN: ". */
+typedef struct op_config_error {
+    char *message;
+} op_config_error;
+
+typedef struct op_config_errors {
+    op_config_error *items;
+    size_t n;
+} op_config_errors;
+
+/*
+ * Loads and validates path. On success returns 0 and sets *out. On failure
+ * returns -1, leaves *out NULL and fills errs (at least one entry; free with
+ * op_config_errors_free). I/O errors are reported as "FILE:0:0: <strerror>".
+ */
+int op_config_load(const char *path, op_config **out, op_config_errors *errs);
+
+/* Same, from a buffer; name is used in messages, base_dir for relative paths
+ * (NULL or "." leaves them relative to the working directory). errs, in both
+ * calls, is overwritten, not appended to (pass a fresh or freed one), and may
+ * be NULL when only success matters. op_config_load makes base_dir absolute. */
+int op_config_parse(const char *name, const char *base_dir, const char *text, size_t len,
+                    op_config **out, op_config_errors *errs);
+
+void op_config_free(op_config *cfg);
+void op_config_errors_free(op_config_errors *errs);
+
+/* Lookups on a loaded config; NULL if absent. Model lookup matches id or alias. */
+const op_config_account *op_config_find_account(const op_config *cfg, const char *id);
+const op_config_model *op_config_find_model(const op_config *cfg, const char *id_or_alias);
+
+/*
+ * Reload (SIGHUP) contract, see docs/config.md: accounts/tokens, log, policy
+ * and models apply live; server.*, data_dir, devices and plugins.dirs take
+ * effect only at the next start. Returns NULL when every key that needs a
+ * restart is equal in old and new_cfg, else the first one that differs
+ * (e.g. "server.listen"), for the reload to log. Static string; no allocation.
+ */
+const char *op_config_restart_required(const op_config *old, const op_config *new_cfg);
+
+#endif
