@@ -56,7 +56,7 @@ int main(int argc, char **argv)
     if (argc < 2)
         return usage(stderr, 2);
     if (strcmp(argv[1], "policy") == 0 && argc >= 3 && strcmp(argv[2], "test") == 0)
-        return op_policy_cli(argc - 2, argv + 2, stdout, stderr);
+        return op_policy_cli(argc - 3, argv + 3, stdout, stderr);
     if (strcmp(argv[1], "hash-token") == 0 && argc == 3)
         return hash_token(argv[2]);
     if (strcmp(argv[1], "version") == 0) {

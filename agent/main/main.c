@@ -138,10 +138,10 @@ static void reload(const char *path, const char *listen_override)
         return;
     }
     op_runtime *old = op_runtime_acquire();
-    if (old && (strcmp(old->cfg->server.listen_host, cfg->server.listen_host) != 0 ||
-                old->cfg->server.listen_port != cfg->server.listen_port))
-        PL_LOG_WARN("reload.restart_needed", "key", "server.listen",
-                    "reason", "the listener changes only on restart");
+    const char *key = old ? op_config_restart_required(old->cfg, cfg) : NULL;
+    if (key)
+        PL_LOG_WARN("config.restart_required", "key", key,
+                    "reason", "this key changes only on restart; the rest is applied");
     pl_log_configure(cfg->log.level, cfg->log.format);
     char err[1024];
     op_runtime *rt = op_runtime_build(cfg, old, err, sizeof err);

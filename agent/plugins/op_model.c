@@ -512,12 +512,13 @@ void op_req_complete(outpost_request *req, const char *result_json, size_t len,
     const char *message = NULL;
     char *result = NULL;
     int code = completion_outcome(r, result_json, len, err, &message, &result);
+    op_model *m = r->model;
+    /* Metrics first: whoever sees the completion sees it counted. */
+    finish_metrics(m, code, r->start_ns);
     r->cb.on_complete(r->cb.ctx, code ? NULL : result, code ? 0 : len, code, message);
     free(result);
     op_error_free(err);
 
-    op_model *m = r->model;
-    finish_metrics(m, code, r->start_ns);
     /* r->model is only read under r->mu by cancel while !completed, so it
      * may be dropped here without the lock. */
     r->model = NULL;

@@ -526,6 +526,8 @@ int op_plugins_load(const char *const *dirs, size_t n_dirs, op_plugin_set **out)
         return -ENOMEM;
     atomic_init(&set->refs, 1);
     set->reap.fn = set_destroy;
+    if (!dirs)
+        n_dirs = 0;
     for (size_t i = 0; i < n_dirs; i++) {
         if (!dirs[i])
             continue;

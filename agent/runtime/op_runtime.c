@@ -114,9 +114,6 @@ op_runtime *op_runtime_build(op_config *cfg, const op_runtime *prev, char *err, 
             m->model = NULL;
             m->load_error = strdup(why);
             PL_LOG_ERROR("model.load_failed", "model", m->cfg->id, "reason", why);
-        } else {
-            PL_LOG_INFO("model.loaded", "model", m->cfg->id, "plugin", m->cfg->plugin, "task",
-                        m->cfg->task);
         }
     }
     pthread_mutex_lock(&g_mu);

@@ -75,8 +75,11 @@
  * ---------------------------------------------------------------------------
  * Threading
  * ---------------------------------------------------------------------------
- * - init() and fini() are called once, from one thread, with no other call to
- *   the plugin in flight.
+ * - init() and fini() are called once per load, from one thread, with no
+ *   other call to that instance in flight. A config reload loads the plugins
+ *   again while the previous load still serves its last requests; dlopen()
+ *   shares one mapping of the library, so init() may run again before the
+ *   earlier fini(). Keep all state in outpost_plugin_state, never in globals.
  * - model_load() and model_unload() may be called from any host thread, but
  *   never concurrently with any other call on the same model instance.
  * - submit() and cancel() may be called concurrently from any number of host

@@ -195,7 +195,7 @@ static long count_words(const char *s)
 static void run_generation(outpost_model *m, outpost_request *req, json_t *in)
 {
     const outpost_host_api *h = m->host;
-    const char *text;
+    const char *text = NULL;
     long max_tokens;
     outpost_error *e = generation_input(h, in, &text, &max_tokens);
     if (e) {

@@ -1,0 +1,1090 @@
+/*
+ * op_policy: the Lua 5.4 policy host (see op_policy.h for the contract).
+ *
+ * Sections: the set (files, refcount) · the sandboxed state (allocator,
+ * count hook, environment, require, outpost table) · JSON <-> Lua · hooks
+ * and the route chain.
+ */
+#include "policy/op_policy.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics/op_metrics.h"
+#include "platform/pl_file.h"
+#include "platform/pl_hash.h"
+#include "platform/pl_log.h"
+#include "platform/pl_time.h"
+
+/* Instructions between two count-hook calls while within budget. */
+#define HOOK_STEP 1000
+#define JSON_MAX_DEPTH 64
+
+/* ======================================================================== */
+/* The set                                                                  */
+/* ======================================================================== */
+
+struct op_policy_set {
+    _Atomic int refs;
+    size_t n;
+    char **paths;    /* as configured */
+    char **names;    /* basenames */
+    char **sources;  /* file text */
+    size_t *lens;
+    char *lib_dir;
+    size_t memory_bytes;
+    uint64_t instructions;
+};
+
+static const char *const hook_names[OP_HOOK_COUNT] = {"route"};
+
+const char *op_policy_hook_name(op_policy_hook h)
+{
+    return (unsigned)h < OP_HOOK_COUNT ? hook_names[h] : "?";
+}
+
+static void set_free(op_policy_set *s)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->paths[i]);
+        free(s->names[i]);
+        free(s->sources[i]);
+    }
+    free(s->paths);
+    free(s->names);
+    free(s->sources);
+    free(s->lens);
+    free(s->lib_dir);
+    free(s);
+}
+
+void op_policy_set_ref(op_policy_set *s) { atomic_fetch_add(&s->refs, 1); }
+
+void op_policy_set_unref(op_policy_set *s)
+{
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1)
+        set_free(s);
+}
+
+size_t op_policy_set_count(const op_policy_set *s) { return s ? s->n : 0; }
+
+const char *op_policy_set_name(const op_policy_set *s, size_t i)
+{
+    return s && i < s->n ? s->names[i] : NULL;
+}
+
+/* ======================================================================== */
+/* Metrics                                                                  */
+/* ======================================================================== */
+
+static pthread_once_t g_metrics_once = PTHREAD_ONCE_INIT;
+static op_metric *g_m_invocations, *g_m_failures, *g_m_duration;
+
+static void metrics_init(void)
+{
+    static const char *const l_inv[] = {"policy", "hook", NULL};
+    static const char *const l_fail[] = {"policy", "hook", "reason", NULL};
+    static const char *const l_dur[] = {"hook", NULL};
+    static const double buckets[] = {1e-6, 2e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4,
+                                     2.5e-4, 1e-3, 1e-2, 0.1, 1};
+    g_m_invocations = op_metric_counter("outpost_policy_invocations_total",
+                                        "Policy hook calls, by policy file and hook.", l_inv);
+    g_m_failures = op_metric_counter("outpost_policy_failures_total",
+                                     "Policy hook calls that failed, by reason "
+                                     "(error, budget, memory).",
+                                     l_fail);
+    g_m_duration = op_metric_histogram("outpost_policy_duration_seconds",
+                                       "Time to run one hook across every policy.", l_dur,
+                                       buckets, sizeof buckets / sizeof buckets[0]);
+}
+
+/* ======================================================================== */
+/* The sandboxed state                                                      */
+/* ======================================================================== */
+
+typedef struct vm {
+    lua_State *L;
+    op_policy_set *set;     /* one reference */
+    size_t used, cap;       /* heap bytes in use, cap */
+    bool mem_failed;        /* an allocation was refused during this call */
+    uint64_t budget, spent; /* instructions allowed / used in this call */
+    bool budget_failed;
+    uint64_t call_id;       /* guards lazy req fields against use after the call */
+    const op_route_request *req;
+    size_t cur;             /* index of the policy running, for logs */
+    int *env_refs;          /* registry refs: one environment per policy */
+    int *route_refs;        /* registry refs of route functions, LUA_NOREF if none */
+    op_metric_child **m_inv;/* invocations child per policy */
+    bool use_paths;         /* chunk names: full paths (load check) or basenames */
+} vm;
+
+static _Thread_local vm *t_vm;
+
+static vm *vm_of(lua_State *L) { return *(vm **)lua_getextraspace(L); }
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    vm *v = vm_of(L);
+    if (v->mem_failed) {
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "memory limit reached");
+    }
+    v->spent += HOOK_STEP;
+    if (v->budget_failed || v->spent > v->budget) {
+        /* From now on fire on every instruction, so a pcall in the policy
+         * cannot catch the error and carry on. */
+        v->budget_failed = true;
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "instruction budget exhausted");
+    }
+}
+
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    vm *v = ud;
+    size_t old = ptr ? osize : 0; /* without ptr, osize is a type tag */
+    if (nsize == 0) {
+        free(ptr);
+        v->used -= old;
+        return NULL;
+    }
+    if (nsize > old && v->used - old + nsize > v->cap) {
+        if (!v->mem_failed && v->L) {
+            v->mem_failed = true;
+            lua_sethook(v->L, count_hook, LUA_MASKCOUNT, 1);
+        }
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (!p)
+        return NULL;
+    v->used = v->used - old + nsize;
+    return p;
+}
+
+static void begin_call(vm *v)
+{
+    v->spent = 0;
+    v->budget_failed = false;
+    v->mem_failed = false;
+    lua_sethook(v->L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
+}
+
+/* ---- string pattern guards ---- */
+
+static int guarded_pattern(lua_State *L)
+{
+    size_t len;
+    luaL_checklstring(L, 1, &len);
+    if (len > OP_POLICY_MAX_PATTERN_SUBJECT)
+        return luaL_error(L, "string subject too long for pattern matching (%d bytes max)",
+                          (int)OP_POLICY_MAX_PATTERN_SUBJECT);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Removes string.dump and wraps the pattern functions in the string table
+ * that both policies and the string metatable see. Expects it on top. */
+static void harden_string_lib(lua_State *L)
+{
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    static const char *const pat[] = {"find", "match", "gmatch", "gsub"};
+    for (size_t i = 0; i < sizeof pat / sizeof pat[0]; i++) {
+        lua_getfield(L, -1, pat[i]);
+        lua_pushcclosure(L, guarded_pattern, 1);
+        lua_setfield(L, -2, pat[i]);
+    }
+}
+
+/* ---- JSON <-> Lua ---- */
+
+static void push_json(lua_State *L, json_t *j, int depth)
+{
+    luaL_checkstack(L, 4, "JSON too deep");
+    if (depth > JSON_MAX_DEPTH)
+        luaL_error(L, "JSON nested deeper than %d", JSON_MAX_DEPTH);
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        lua_createtable(L, 0, (int)json_object_size(j));
+        const char *k;
+        json_t *val;
+        json_object_foreach(j, k, val)
+        {
+            push_json(L, val, depth + 1);
+            lua_setfield(L, -2, k);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        lua_createtable(L, (int)json_array_size(j), 0);
+        size_t i;
+        json_t *val;
+        json_array_foreach(j, i, val)
+        {
+            push_json(L, val, depth + 1);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    }
+    case JSON_STRING: lua_pushlstring(L, json_string_value(j), json_string_length(j)); break;
+    case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(j)); break;
+    case JSON_REAL: lua_pushnumber(L, json_real_value(j)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    default: lua_pushlightuserdata(L, NULL); break; /* outpost.null */
+    }
+}
+
+static json_t *to_json(lua_State *L, int idx, int depth)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > JSON_MAX_DEPTH)
+        luaL_error(L, "value nested deeper than %d", JSON_MAX_DEPTH);
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: return json_null();
+    case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            return json_integer((json_int_t)lua_tointeger(L, idx));
+        return json_real(lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        json_t *j = json_stringn(s, n);
+        if (!j)
+            luaL_error(L, "string is not valid UTF-8");
+        return j;
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == NULL)
+            return json_null();
+        break;
+    case LUA_TTABLE: {
+        luaL_checkstack(L, 4, "value too deep");
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        if (n > 0) {
+            json_t *a = json_array();
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, idx, i);
+                json_array_append_new(a, to_json(L, -1, depth + 1));
+                lua_pop(L, 1);
+            }
+            return a;
+        }
+        json_t *o = json_object();
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                json_decref(o);
+                luaL_error(L, "object keys must be strings");
+            }
+            json_object_set_new(o, lua_tostring(L, -2), to_json(L, -1, depth + 1));
+            lua_pop(L, 1);
+        }
+        return o;
+    }
+    default: break;
+    }
+    luaL_error(L, "cannot encode a %s as JSON", luaL_typename(L, idx));
+    return NULL;
+}
+
+static int l_json_decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    json_error_t e;
+    json_t *j = json_loadb(s, n, JSON_DECODE_ANY, &e);
+    if (!j) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
+        return 2;
+    }
+    push_json(L, j, 0);
+    json_decref(j);
+    return 1;
+}
+
+static int l_json_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    json_t *j = to_json(L, 1, 0);
+    char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(j);
+    if (!s)
+        return luaL_error(L, "cannot encode value");
+    lua_pushstring(L, s);
+    free(s);
+    return 1;
+}
+
+/* ---- the outpost table ---- */
+
+static int l_route(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "model");
+    return 1;
+}
+
+static int l_reject(lua_State *L)
+{
+    lua_Integer status = luaL_optinteger(L, 1, 403);
+    const char *msg = luaL_optstring(L, 2, "rejected by policy");
+    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "message");
+    lua_setfield(L, -2, "reject");
+    return 1;
+}
+
+static int l_hash(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    /* Non-negative so that `hash % 100` is a percentage bucket. */
+    lua_pushinteger(L, (lua_Integer)(pl_fnv1a64(s, n) >> 1));
+    return 1;
+}
+
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, (double)pl_time_mono_ns() / 1e9);
+    return 1;
+}
+
+static const char *cur_policy_name(vm *v)
+{
+    return v->cur < v->set->n ? v->set->names[v->cur] : "?";
+}
+
+static int l_log(lua_State *L)
+{
+    const char *level = luaL_checkstring(L, 1);
+    const char *msg = luaL_checkstring(L, 2);
+    int lv = pl_log_level_parse(level);
+    if (lv < 0 || lv >= PL_LOG_OFF)
+        return luaL_error(L, "unknown log level '%s' (debug, info, warn, error)", level);
+    pl_log_event((pl_log_level)lv, "policy.log", "policy", cur_policy_name(vm_of(L)), "message",
+                 msg, (const char *)0);
+    return 0;
+}
+
+static int l_print(lua_State *L)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    int n = lua_gettop(L);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1)
+            luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    PL_LOG_DEBUG("policy.log", "policy", cur_policy_name(vm_of(L)), "message",
+                 lua_tostring(L, -1));
+    return 0;
+}
+
+/* ---- environments, load and require ---- */
+
+static void push_env(lua_State *L);
+
+/* load(chunk [, name [, mode [, env]]]) restricted to text; the default
+ * environment is the caller's sandbox (upvalue 1). */
+static int l_load(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *name = luaL_optstring(L, 2, "=(load)");
+    int has_env = lua_gettop(L) >= 4;
+    if (luaL_loadbufferx(L, s, n, name, "t") != LUA_OK) {
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    if (has_env)
+        lua_pushvalue(L, 4);
+    else
+        lua_pushvalue(L, lua_upvalueindex(1));
+    if (!lua_setupvalue(L, -2, 1))
+        lua_pop(L, 1);
+    return 1;
+}
+
+static int l_require(lua_State *L)
+{
+    vm *v = vm_of(L);
+    const char *name = luaL_checkstring(L, 1);
+    const char *p = name;
+    bool ok = strncmp(p, "outpost.", 8) == 0 && p[8] != '\0';
+    for (p = name + 8; ok && *p; p++)
+        ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
+    if (!ok)
+        return luaL_error(L, "module '%s' not allowed: policies may require only outpost.* "
+                             "modules from Outpost's policy library", name);
+    lua_getfield(L, LUA_REGISTRYINDEX, "outpost.loaded");
+    lua_getfield(L, -1, name);
+    if (!lua_isnil(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/outpost/%s.lua", v->set->lib_dir, name + 8);
+    char *src;
+    size_t len;
+    int rc = pl_file_read_all(path, OP_POLICY_MAX_FILE_BYTES, &src, &len);
+    if (rc != 0)
+        return luaL_error(L, "module '%s' not found (%s: %s)", name, path, strerror(-rc));
+    char chunk[300];
+    snprintf(chunk, sizeof chunk, "@outpost/%s.lua", name + 8);
+    rc = luaL_loadbufferx(L, src, len, chunk, "t");
+    free(src);
+    if (rc != LUA_OK)
+        return lua_error(L);
+    push_env(L);
+    lua_setupvalue(L, -2, 1);
+    lua_call(L, 0, 1);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, name);
+    return 1;
+}
+
+/* Shallow copy of the table at the top into a new table (so one policy
+ * cannot change another's string or math library). Replaces it. */
+static void copy_table_top(lua_State *L)
+{
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+    lua_remove(L, -2);
+}
+
+/* Pushes a fresh sandbox environment built from the registry's templates. */
+static void push_env(lua_State *L)
+{
+    lua_newtable(L);
+    static const char *const base[] = {"assert", "error", "ipairs", "next", "pairs", "pcall",
+                                       "xpcall", "select", "tonumber", "tostring", "type",
+                                       "rawequal", "rawget", "rawlen", "rawset", "setmetatable",
+                                       "getmetatable", "_VERSION"};
+    lua_getfield(L, LUA_REGISTRYINDEX, "outpost.globals");
+    for (size_t i = 0; i < sizeof base / sizeof base[0]; i++) {
+        lua_getfield(L, -1, base[i]);
+        lua_setfield(L, -3, base[i]);
+    }
+    static const char *const libs[] = {"string", "table", "math", "utf8", "coroutine", "os",
+                                       "outpost"};
+    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
+        lua_getfield(L, -1, libs[i]);
+        copy_table_top(L);
+        lua_setfield(L, -3, libs[i]);
+    }
+    lua_pop(L, 1); /* globals template */
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, l_load, 1);
+    lua_setfield(L, -2, "load");
+    lua_pushcfunction(L, l_require);
+    lua_setfield(L, -2, "require");
+    lua_pushcfunction(L, l_print);
+    lua_setfield(L, -2, "print");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "_G");
+}
+
+/* Opens the allowed libraries and records templates in the registry:
+ * "outpost.globals" holds everything a sandbox may copy. */
+static int setup_state(lua_State *L)
+{
+    luaL_requiref(L, "_G", luaopen_base, 1);
+    lua_pop(L, 1);
+    luaL_requiref(L, "string", luaopen_string, 1);
+    harden_string_lib(L);
+    lua_pop(L, 1);
+    luaL_requiref(L, "table", luaopen_table, 1);
+    lua_pop(L, 1);
+    luaL_requiref(L, "math", luaopen_math, 1);
+    lua_pop(L, 1);
+    luaL_requiref(L, "utf8", luaopen_utf8, 1);
+    lua_pop(L, 1);
+    luaL_requiref(L, "coroutine", luaopen_coroutine, 1);
+    lua_pop(L, 1);
+    luaL_requiref(L, "os", luaopen_os, 0);
+    lua_createtable(L, 0, 4); /* os: time functions only */
+    static const char *const os_ok[] = {"time", "clock", "date", "difftime"};
+    for (size_t i = 0; i < 4; i++) {
+        lua_getfield(L, -2, os_ok[i]);
+        lua_setfield(L, -2, os_ok[i]);
+    }
+    lua_setglobal(L, "os");
+    lua_pop(L, 1);
+
+    static const luaL_Reg outpost_fns[] = {
+        {"route", l_route},         {"reject", l_reject},           {"hash", l_hash},
+        {"now", l_now},             {"log", l_log},                 {"json_decode", l_json_decode},
+        {"json_encode", l_json_encode}, {NULL, NULL}};
+    luaL_newlib(L, outpost_fns);
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");
+    lua_setglobal(L, "outpost");
+
+    lua_pushglobaltable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "outpost.globals");
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "outpost.loaded");
+    return 0;
+}
+
+static void vm_free(vm *v)
+{
+    if (!v)
+        return;
+    if (v->L)
+        lua_close(v->L);
+    op_policy_set_unref(v->set);
+    free(v->env_refs);
+    free(v->route_refs);
+    free(v->m_inv);
+    free(v);
+}
+
+/* Builds a state for set: opens libraries, runs every file in its own
+ * environment. On failure returns NULL and writes "FILE:LINE: message". */
+static vm *vm_new(op_policy_set *set, bool use_paths, char *err, size_t errlen)
+{
+    pthread_once(&g_metrics_once, metrics_init);
+    vm *v = calloc(1, sizeof *v);
+    if (!v) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    op_policy_set_ref(set);
+    v->set = set;
+    v->cap = set->memory_bytes;
+    v->budget = set->instructions;
+    v->use_paths = use_paths;
+    size_t n = set->n ? set->n : 1;
+    v->env_refs = calloc(n, sizeof *v->env_refs);
+    v->route_refs = calloc(n, sizeof *v->route_refs);
+    v->m_inv = calloc(n, sizeof *v->m_inv);
+    v->L = v->env_refs && v->route_refs && v->m_inv ? lua_newstate(vm_alloc, v) : NULL;
+    if (!v->L) {
+        snprintf(err, errlen, "cannot create a Lua state within policy.memory_bytes (%zu)",
+                 set->memory_bytes);
+        vm_free(v);
+        return NULL;
+    }
+    *(vm **)lua_getextraspace(v->L) = v;
+    lua_pushcfunction(v->L, setup_state);
+    if (lua_pcall(v->L, 0, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "cannot set up the Lua state: %s", lua_tostring(v->L, -1));
+        vm_free(v);
+        return NULL;
+    }
+    for (size_t i = 0; i < set->n; i++) {
+        lua_State *L = v->L;
+        v->cur = i;
+        char chunk[4200];
+        snprintf(chunk, sizeof chunk, "@%s", use_paths ? set->paths[i] : set->names[i]);
+        begin_call(v);
+        int rc = luaL_loadbufferx(L, set->sources[i], set->lens[i], chunk, "t");
+        if (rc == LUA_OK) {
+            push_env(L);
+            lua_pushvalue(L, -1);
+            v->env_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+            lua_setupvalue(L, -2, 1);
+            rc = lua_pcall(L, 0, 0, 0);
+        }
+        if (rc != LUA_OK) {
+            const char *msg = lua_tostring(L, -1);
+            if (v->budget_failed)
+                snprintf(err, errlen, "%s:0: top-level code exceeded the instruction budget (%llu)",
+                         set->paths[i], (unsigned long long)set->instructions);
+            else if (v->mem_failed || rc == LUA_ERRMEM)
+                snprintf(err, errlen, "%s:0: top-level code exceeded the memory limit (%zu bytes)",
+                         set->paths[i], set->memory_bytes);
+            else if (msg && use_paths)
+                snprintf(err, errlen, "%s", msg);
+            else
+                snprintf(err, errlen, "%s:0: %s", set->paths[i], msg ? msg : "error");
+            vm_free(v);
+            return NULL;
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, v->env_refs[i]);
+        lua_getfield(L, -1, "route");
+        if (lua_isfunction(L, -1)) {
+            v->route_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+        } else {
+            lua_pop(L, 1);
+            v->route_refs[i] = LUA_NOREF;
+        }
+        lua_pop(L, 1);
+        v->m_inv[i] = op_metric_with(g_m_invocations, set->names[i], "route");
+    }
+    lua_sethook(v->L, NULL, 0, 0);
+    return v;
+}
+
+/* This thread's state for set, built or rebuilt as needed. */
+static vm *vm_for_thread(op_policy_set *set, char *err, size_t errlen)
+{
+    if (t_vm && t_vm->set == set)
+        return t_vm;
+    vm_free(t_vm);
+    t_vm = vm_new(set, false, err, errlen);
+    return t_vm;
+}
+
+void op_policy_thread_cleanup(void)
+{
+    vm_free(t_vm);
+    t_vm = NULL;
+}
+
+/* ======================================================================== */
+/* Loading                                                                  */
+/* ======================================================================== */
+
+int op_policy_set_load(const op_config_policy *cfg, op_policy_set **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    op_policy_set *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    atomic_init(&s->refs, 1);
+    size_t n = cfg->n_files;
+    s->paths = calloc(n ? n : 1, sizeof *s->paths);
+    s->names = calloc(n ? n : 1, sizeof *s->names);
+    s->sources = calloc(n ? n : 1, sizeof *s->sources);
+    s->lens = calloc(n ? n : 1, sizeof *s->lens);
+    s->lib_dir = strdup(cfg->lib_dir ? cfg->lib_dir : OUTPOST_LUA_DIR);
+    s->memory_bytes = cfg->memory_bytes ? cfg->memory_bytes : 8u << 20;
+    s->instructions = cfg->instructions ? cfg->instructions : 1000000;
+    if (!s->paths || !s->names || !s->sources || !s->lens || !s->lib_dir) {
+        set_free(s);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *path = cfg->files[i];
+        const char *slash = strrchr(path, '/');
+        s->paths[i] = strdup(path);
+        s->names[i] = strdup(slash ? slash + 1 : path);
+        s->n = i + 1;
+        if (!s->paths[i] || !s->names[i]) {
+            set_free(s);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        int rc = pl_file_read_all(path, OP_POLICY_MAX_FILE_BYTES, &s->sources[i], &s->lens[i]);
+        if (rc != 0) {
+            snprintf(err, errlen, "%s:0: cannot read policy: %s", path,
+                     rc == -EFBIG ? "larger than 1 MiB" : strerror(-rc));
+            set_free(s);
+            return -1;
+        }
+    }
+    /* Compile and run every file once now, so a broken policy is refused at
+     * load, not on the first request. */
+    vm *check = vm_new(s, true, err, errlen);
+    if (!check) {
+        set_free(s);
+        return -1;
+    }
+    vm_free(check);
+    *out = s;
+    return 0;
+}
+
+/* ======================================================================== */
+/* The request table                                                        */
+/* ======================================================================== */
+
+/* __index for req: builds req.body and req.headers on first use. Upvalue 1
+ * is the call id the table was made for: after that call ends the request
+ * data is gone, and a policy that kept req gets nil. */
+static int req_index(lua_State *L)
+{
+    vm *v = vm_of(L);
+    const char *key = lua_tostring(L, 2);
+    if (!key || (uint64_t)lua_tointeger(L, lua_upvalueindex(1)) != v->call_id || !v->req)
+        return 0;
+    const op_route_request *rq = v->req;
+    if (strcmp(key, "body") == 0) {
+        json_error_t e;
+        json_t *j = rq->body_json ? json_loadb(rq->body_json, rq->body_len, 0, &e) : NULL;
+        if (j) {
+            push_json(L, j, 0);
+            json_decref(j);
+        } else {
+            lua_newtable(L);
+        }
+    } else if (strcmp(key, "headers") == 0) {
+        lua_createtable(L, 0, (int)rq->n_headers);
+        for (size_t i = 0; i < rq->n_headers; i++) {
+            char lower[256];
+            size_t k = 0;
+            for (const char *p = rq->headers[i].name; *p && k < sizeof lower - 1; p++)
+                lower[k++] = (*p >= 'A' && *p <= 'Z') ? (char)(*p + 32) : *p;
+            lower[k] = '\0';
+            lua_pushstring(L, rq->headers[i].value);
+            lua_setfield(L, -2, lower);
+        }
+    } else {
+        return 0;
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 1, key); /* cache: later reads skip __index */
+    return 1;
+}
+
+static void push_req(vm *v, const op_route_request *rq, const char *model)
+{
+    lua_State *L = v->L;
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, model);
+    lua_setfield(L, -2, "model");
+    if (rq->task) {
+        lua_pushstring(L, rq->task);
+        lua_setfield(L, -2, "task");
+    }
+    if (rq->account) {
+        lua_pushstring(L, rq->account);
+        lua_setfield(L, -2, "account");
+    }
+    if (rq->method) {
+        lua_pushstring(L, rq->method);
+        lua_setfield(L, -2, "method");
+    }
+    if (rq->path) {
+        lua_pushstring(L, rq->path);
+        lua_setfield(L, -2, "path");
+    }
+    lua_pushinteger(L, rq->tokens_estimate);
+    lua_setfield(L, -2, "tokens_estimate");
+    lua_newtable(L);
+    lua_setfield(L, -2, "metadata");
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, (lua_Integer)v->call_id);
+    lua_pushcclosure(L, req_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+}
+
+/* ======================================================================== */
+/* route                                                                    */
+/* ======================================================================== */
+
+static op_policy_status fail(vm *v, size_t i, op_policy_status st, const char *msg,
+                             op_route_decision *out)
+{
+    const char *name = v->set->names[i];
+    const char *reason = st == OP_POLICY_BUDGET ? "budget" : st == OP_POLICY_MEMORY ? "memory"
+                                                                                     : "error";
+    if (st == OP_POLICY_BUDGET)
+        snprintf(out->message, sizeof out->message,
+                 "policy '%s' exceeded its instruction budget (%llu)", name,
+                 (unsigned long long)v->set->instructions);
+    else if (st == OP_POLICY_MEMORY)
+        snprintf(out->message, sizeof out->message,
+                 "policy '%s' exceeded its memory limit (%zu bytes)", name, v->set->memory_bytes);
+    else
+        snprintf(out->message, sizeof out->message, "policy '%s' failed: %s", name,
+                 msg ? msg : "error");
+    snprintf(out->policy, sizeof out->policy, "%s", name);
+    op_counter_inc(op_metric_with(g_m_failures, name, "route", reason));
+    PL_LOG_WARN("policy.failed", "policy", name, "hook", "route", "reason", reason, "message",
+                out->message);
+    return st;
+}
+
+/* Reads route()'s result at the top of the stack into out. Returns NULL if
+ * valid, else a message (static or in buf). */
+static const char *read_route_result(lua_State *L, op_route_decision *out, char *buf, size_t n)
+{
+    int t = lua_type(L, -1);
+    if (t == LUA_TNIL)
+        return NULL;
+    if (t != LUA_TTABLE) {
+        snprintf(buf, n, "route() must return nil or a table, got %s", luaL_typename(L, -1));
+        return buf;
+    }
+    lua_getfield(L, -1, "reject");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            return "route(): 'reject' must be a table {status=, message=}";
+        lua_getfield(L, -1, "status");
+        lua_Integer status = 403;
+        if (!lua_isnil(L, -1)) {
+            int isint;
+            status = lua_tointegerx(L, -1, &isint);
+            if (!isint || status < 400 || status > 599)
+                return "route(): reject status must be an integer from 400 to 599";
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, -1, "message");
+        const char *msg = "rejected by policy";
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return "route(): reject message must be a string";
+            msg = lua_tostring(L, -1);
+        }
+        out->action = OP_ROUTE_REJECT;
+        out->status = (int)status;
+        snprintf(out->message, sizeof out->message, "%s", msg);
+        lua_pop(L, 2);
+        return NULL;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "model");
+    if (!lua_isnil(L, -1)) {
+        size_t len;
+        const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (!m || len == 0 || len >= sizeof out->model)
+            return "route(): 'model' must be a non-empty string shorter than 256 bytes";
+        memcpy(out->model, m, len + 1);
+    }
+    lua_pop(L, 1);
+    return NULL;
+}
+
+op_policy_status op_policy_route(op_policy_set *set, const op_route_request *req,
+                                 op_route_decision *out)
+{
+    memset(out, 0, sizeof *out);
+    out->action = OP_ROUTE_CONTINUE;
+    snprintf(out->model, sizeof out->model, "%s", req->model ? req->model : "");
+    if (!set || set->n == 0)
+        return OP_POLICY_OK;
+    char err[400];
+    vm *v = vm_for_thread(set, err, sizeof err);
+    if (!v) {
+        snprintf(out->message, sizeof out->message, "policy state unavailable: %.400s", err);
+        snprintf(out->policy, sizeof out->policy, "%s", set->names[0]);
+        return OP_POLICY_MEMORY;
+    }
+    uint64_t t0 = pl_time_mono_ns();
+    lua_State *L = v->L;
+    v->call_id++;
+    v->req = req;
+    op_policy_status st = OP_POLICY_OK;
+    for (size_t i = 0; i < set->n; i++) {
+        if (v->route_refs[i] == LUA_NOREF)
+            continue;
+        v->cur = i;
+        op_counter_inc(v->m_inv[i]);
+        begin_call(v);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, v->route_refs[i]);
+        push_req(v, req, out->model);
+        int rc = lua_pcall(L, 1, 1, 0);
+        if (rc != LUA_OK) {
+            st = v->budget_failed                        ? OP_POLICY_BUDGET
+                 : (v->mem_failed || rc == LUA_ERRMEM)   ? OP_POLICY_MEMORY
+                                                         : OP_POLICY_ERROR;
+            fail(v, i, st, lua_tostring(L, -1), out);
+            lua_settop(L, 0);
+            break;
+        }
+        char buf[160];
+        char model_before[256];
+        memcpy(model_before, out->model, sizeof model_before);
+        const char *bad = read_route_result(L, out, buf, sizeof buf);
+        lua_settop(L, 0);
+        if (bad) {
+            memcpy(out->model, model_before, sizeof model_before);
+            out->action = OP_ROUTE_CONTINUE;
+            st = fail(v, i, OP_POLICY_ERROR, bad, out);
+            break;
+        }
+        if (out->action == OP_ROUTE_REJECT) {
+            snprintf(out->policy, sizeof out->policy, "%s", set->names[i]);
+            break;
+        }
+    }
+    lua_sethook(L, NULL, 0, 0);
+    v->req = NULL;
+    op_histogram_observe(op_metric_with(g_m_duration, "route"),
+                         (double)(pl_time_mono_ns() - t0) / 1e9);
+    if (st == OP_POLICY_MEMORY) {
+        /* A state that ran out of memory may hold half-built data: rebuild. */
+        op_policy_thread_cleanup();
+    } else if (v->used > v->cap / 2) {
+        lua_gc(L, LUA_GCCOLLECT);
+    }
+    return st;
+}
+
+/* ======================================================================== */
+/* The offline tester                                                       */
+/* ======================================================================== */
+
+static long long estimate_tokens_json(json_t *body)
+{
+    size_t bytes = 0;
+    json_t *p = json_object_get(body, "prompt");
+    if (json_is_string(p))
+        bytes += json_string_length(p);
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(body, "messages"), i, m)
+    {
+        json_t *c = json_object_get(m, "content");
+        if (json_is_string(c))
+            bytes += json_string_length(c);
+    }
+    return (long long)((bytes + 3) / 4);
+}
+
+int op_policy_cli(int argc, char **argv, FILE *out, FILE *err)
+{
+    const char *positional[64];
+    int npos = 0;
+    op_config_policy pc;
+    memset(&pc, 0, sizeof pc);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if ((strcmp(a, "--lib") == 0 || strcmp(a, "--memory") == 0 ||
+             strcmp(a, "--instructions") == 0)) {
+            if (i + 1 >= argc) {
+                fprintf(err, "outpostctl policy test: %s needs a value\n", a);
+                return 2;
+            }
+            const char *val = argv[++i];
+            char *end;
+            if (strcmp(a, "--lib") == 0) {
+                pc.lib_dir = (char *)val;
+            } else {
+                unsigned long long n = strtoull(val, &end, 10);
+                if (*end || n == 0) {
+                    fprintf(err, "outpostctl policy test: %s must be a positive integer\n", a);
+                    return 2;
+                }
+                if (strcmp(a, "--memory") == 0)
+                    pc.memory_bytes = (size_t)n;
+                else
+                    pc.instructions = n;
+            }
+        } else if (a[0] == '-' && a[1] == '-') {
+            fprintf(err, "outpostctl policy test: unknown option %s\n", a);
+            return 2;
+        } else if (npos < 64) {
+            positional[npos++] = a;
+        }
+    }
+    if (npos < 2) {
+        fprintf(err, "usage: outpostctl policy test POLICY.lua [MORE.lua ...] REQUEST.json "
+                     "[--lib DIR] [--memory BYTES] [--instructions N]\n");
+        return 2;
+    }
+    const char *req_path = positional[npos - 1];
+    char *text;
+    size_t len;
+    int rc = pl_file_read_all(req_path, 16u << 20, &text, &len);
+    if (rc != 0) {
+        fprintf(err, "outpostctl policy test: %s: %s\n", req_path, strerror(-rc));
+        return 2;
+    }
+    json_error_t je;
+    json_t *rq = json_loadb(text, len, 0, &je);
+    free(text);
+    json_t *model = json_object_get(rq, "model");
+    if (!rq || !json_is_object(rq) || !json_is_string(model)) {
+        fprintf(err, "outpostctl policy test: %s: %s\n", req_path,
+                !rq ? je.text : "the request must be an object with a string 'model'");
+        json_decref(rq);
+        return 2;
+    }
+    json_t *body = json_object_get(rq, "body");
+    char *body_text = json_is_object(body) ? json_dumps(body, JSON_COMPACT) : strdup("{}");
+    op_policy_header hdrs[64];
+    size_t nh = 0;
+    const char *hk;
+    json_t *hv;
+    json_object_foreach(json_object_get(rq, "headers"), hk, hv)
+    {
+        if (json_is_string(hv) && nh < 64) {
+            hdrs[nh].name = hk;
+            hdrs[nh].value = json_string_value(hv);
+            nh++;
+        }
+    }
+    json_t *acct = json_object_get(rq, "account"), *task = json_object_get(rq, "task");
+    json_t *est = json_object_get(rq, "tokens_estimate");
+    op_route_request r = {
+        .account = json_is_string(acct) ? json_string_value(acct) : "local",
+        .model = json_string_value(model),
+        .task = json_is_string(task) ? json_string_value(task) : NULL,
+        .method = "POST",
+        .path = "/ai/run",
+        .headers = hdrs,
+        .n_headers = nh,
+        .body_json = body_text,
+        .body_len = body_text ? strlen(body_text) : 0,
+        .tokens_estimate = json_is_integer(est) ? (long long)json_integer_value(est)
+                                                : estimate_tokens_json(body),
+    };
+    pc.files = (char **)positional;
+    pc.n_files = (size_t)(npos - 1);
+    op_policy_set *set = NULL;
+    char lerr[1024];
+    if (op_policy_set_load(&pc, &set, lerr, sizeof lerr) != 0) {
+        fprintf(err, "policy load failed: %s\n", lerr);
+        free(body_text);
+        json_decref(rq);
+        return 1;
+    }
+    op_route_decision d;
+    uint64_t t0 = pl_time_mono_ns();
+    op_policy_status st = op_policy_route(set, &r, &d);
+    uint64_t t1 = pl_time_mono_ns();
+    int code = 0;
+    if (st != OP_POLICY_OK) {
+        const char *why = st == OP_POLICY_BUDGET   ? "budget"
+                          : st == OP_POLICY_MEMORY ? "memory"
+                                                   : "error";
+        fprintf(err, "policy failed (%s): %s\n", why, d.message);
+        code = 1;
+    } else {
+        json_t *o = d.action == OP_ROUTE_REJECT
+                        ? json_pack("{s:s, s:i, s:s, s:s}", "action", "reject", "status",
+                                    d.status, "message", d.message, "policy", d.policy)
+                        : json_pack("{s:s, s:s}", "action", "continue", "model", d.model);
+        char *s = json_dumps(o, JSON_COMPACT);
+        fprintf(out, "%s\n", s ? s : "{}");
+        free(s);
+        json_decref(o);
+    }
+    fprintf(err, "time_us=%.1f (first call on a fresh state)\n", (double)(t1 - t0) / 1e3);
+    op_policy_thread_cleanup();
+    op_policy_set_unref(set);
+    free(body_text);
+    json_decref(rq);
+    return code;
+}
