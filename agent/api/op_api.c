@@ -137,8 +137,14 @@ static void handle_healthz(op_http_req *r)
     op_http_respond(r, 200, "application/json", "{\"status\":\"ok\"}", 15);
 }
 
+/* Readiness is open to probes without a token; which models failed, and
+ * why, is shown only on loopback or with a valid token. */
 static void handle_readyz(op_http_req *r, const op_runtime *rt)
 {
+    const char *authz = op_http_req_header(r, "Authorization");
+    bool detail = rt->listener_is_loopback ||
+                  (authz && strncasecmp(authz, "Bearer ", 7) == 0 &&
+                   account_for_token(rt->cfg, authz + 7) != NULL);
     json_t *failed = json_array();
     for (size_t i = 0; i < rt->n_models; i++)
         if (!rt->models[i].model)
@@ -147,6 +153,11 @@ static void handle_readyz(op_http_req *r, const op_runtime *rt)
                                                                  ? rt->models[i].load_error
                                                                  : "not loaded"));
     bool ready = json_array_size(failed) == 0;
+    if (!detail) {
+        json_decref(failed);
+        respond_json(r, ready ? 200 : 503, json_pack("{s:b}", "ready", ready));
+        return;
+    }
     respond_json(r, ready ? 200 : 503,
                  json_pack("{s:b, s:I, s:o}", "ready", ready, "models",
                            (json_int_t)rt->n_models, "failed", failed));

@@ -465,7 +465,13 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
     pthread_mutex_lock(&r->mu);
     r->closed = true;
     int status = r->queued ? r->status : 499; /* 499: client closed before an answer */
+    /* Drop our hold on the response now: a stream response holds a reference
+     * to r, so keeping it until r is freed would be a cycle. */
+    struct MHD_Response *resp = r->resp;
+    r->resp = NULL;
     pthread_mutex_unlock(&r->mu);
+    if (resp)
+        MHD_destroy_response(resp);
     bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
     if (r->on_close)
         r->on_close(r, ok, r->user);

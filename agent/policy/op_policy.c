@@ -650,13 +650,30 @@ static vm *vm_new(op_policy_set *set, bool use_paths, char *err, size_t errlen)
     return v;
 }
 
+/* Worker threads we do not own (libmicrohttpd's) cannot call
+ * op_policy_thread_cleanup at exit, so a thread-specific key's destructor
+ * frees the state when the thread ends. */
+static pthread_key_t g_vm_key;
+static pthread_once_t g_vm_key_once = PTHREAD_ONCE_INIT;
+
+static void vm_key_destructor(void *p)
+{
+    if (t_vm == p)
+        t_vm = NULL;
+    vm_free(p);
+}
+
+static void vm_key_init(void) { pthread_key_create(&g_vm_key, vm_key_destructor); }
+
 /* This thread's state for set, built or rebuilt as needed. */
 static vm *vm_for_thread(op_policy_set *set, char *err, size_t errlen)
 {
     if (t_vm && t_vm->set == set)
         return t_vm;
+    pthread_once(&g_vm_key_once, vm_key_init);
     vm_free(t_vm);
     t_vm = vm_new(set, false, err, errlen);
+    pthread_setspecific(g_vm_key, t_vm);
     return t_vm;
 }
 
@@ -664,6 +681,8 @@ void op_policy_thread_cleanup(void)
 {
     vm_free(t_vm);
     t_vm = NULL;
+    pthread_once(&g_vm_key_once, vm_key_init);
+    pthread_setspecific(g_vm_key, NULL);
 }
 
 /* ======================================================================== */

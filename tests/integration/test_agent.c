@@ -268,6 +268,16 @@ Test(agent, tokens_required_off_loopback)
     cr_assert_eq(r.status, 200);
     ts_response_free(&r);
 
+    /* Probes need no token, but see no details without one. */
+    ts_http(&r, "GET", url(&a, "/readyz"), NULL, NULL);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    cr_assert_str_eq(r.body, "{\"ready\":true}");
+    ts_response_free(&r);
+    ts_http(&r, "GET", url(&a, "/readyz"), NULL, good);
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.body, "\"failed\":[]"), "%s", r.body);
+    ts_response_free(&r);
+
     ts_http(&r, "POST", url(&a, "/ai/run/@local/echo"), "{\"prompt\":\"x\"}", NULL);
     cr_assert_eq(r.status, 401);
     assert_error_envelope(&r, 10000);

@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -246,6 +247,7 @@ void ts_agent_signal(ts_agent *a, int sig) { kill(a->pid, sig); }
 int ts_agent_stop(ts_agent *a)
 {
     int status = -1;
+    bool had_pid = a->pid > 0;
     if (a->pid > 0) {
         kill(a->pid, SIGTERM);
         for (int i = 0; i < 600; i++) {
@@ -258,6 +260,12 @@ int ts_agent_stop(ts_agent *a)
                 waitpid(a->pid, &status, 0);
             }
         }
+    }
+    if (had_pid && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
+        /* Show why: the agent's own log is the only witness. */
+        char *log = ts_agent_log(a);
+        fprintf(stderr, "outpostd exited with status %d; its log:\n%s\n", status, log);
+        free(log);
     }
     ts_tmpdir_remove(a->dir);
     free(a->dir);
