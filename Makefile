@@ -31,10 +31,16 @@ test: deps
 test-fast: build
 	cd $(BUILD) && ctest $(CTEST_ARGS)
 
+# Criterion can report a test as passed although a sanitizer complained in
+# its worker process, so the whole verbose log is also searched for reports.
 test-asan: $(BUILD_ASAN)/CMakeCache.txt
 	cmake --build $(BUILD_ASAN) -j$(JOBS)
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_ARGS)
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_ARGS) -V > ctest.log 2>&1; \
+	  rc=$$?; grep -E "tests passed|Synthesis" ctest.log; \
+	  if grep -nE "ERROR: (Leak|Address)Sanitizer|runtime error:" ctest.log; then \
+	    echo "sanitizer reports found: see $(BUILD_ASAN)/ctest.log"; exit 1; fi; \
+	  if [ $$rc -ne 0 ]; then tail -n 200 ctest.log; fi; exit $$rc
 
 run: deps
 	$(MAKE) build

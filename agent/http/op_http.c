@@ -62,7 +62,10 @@ struct op_http_req {
     const char *route;
     uint64_t start_ns;
     bool loopback;
+    void *upgrade_ctx;      /* freed with the request */
 };
+
+static void upgrade_ctx_free(void *p);
 
 /* ------------------------------------------------------------------------ */
 /* request object                                                            */
@@ -80,6 +83,7 @@ static void req_free(op_http_req *r)
     if (r->resp)
         MHD_destroy_response(r->resp);
     pthread_mutex_destroy(&r->mu);
+    upgrade_ctx_free(r->upgrade_ctx);
     free(r->path);
     free(r->body);
     free(r->sbuf);
@@ -346,6 +350,56 @@ int op_http_stream_end(op_http_req *r)
     wake_locked(r);
     pthread_mutex_unlock(&r->mu);
     return 0;
+}
+
+typedef struct upgrade_ctx {
+    op_http_upgrade_fn fn;
+    void *cls;
+} upgrade_ctx;
+
+static void on_upgrade(void *cls, struct MHD_Connection *con, void *req_cls, const char *extra,
+                       size_t extra_len, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+    upgrade_ctx *u = cls;
+    (void)con;
+    (void)req_cls;
+    u->fn(u->cls, sock, extra, extra_len, urh);
+}
+
+static void upgrade_ctx_free(void *p) { free(p); }
+
+int op_http_respond_upgrade(op_http_req *r, op_http_upgrade_fn fn, void *cls)
+{
+    upgrade_ctx *u = malloc(sizeof *u);
+    if (!u)
+        return -1;
+    u->fn = fn;
+    u->cls = cls;
+    pthread_mutex_lock(&r->mu);
+    if (r->resp || r->closed) {
+        pthread_mutex_unlock(&r->mu);
+        free(u);
+        return -1;
+    }
+    struct MHD_Response *resp = MHD_create_response_for_upgrade(on_upgrade, u);
+    if (!resp) {
+        pthread_mutex_unlock(&r->mu);
+        free(u);
+        return -1;
+    }
+    apply_headers(r, resp, NULL);
+    /* The context lives as long as the response; keep it with the request. */
+    r->upgrade_ctx = u;
+    r->resp = resp;
+    r->status = MHD_HTTP_SWITCHING_PROTOCOLS;
+    wake_locked(r);
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+void op_http_upgrade_close(void *handle)
+{
+    MHD_upgrade_action(handle, MHD_UPGRADE_ACTION_CLOSE);
 }
 
 /* ------------------------------------------------------------------------ */

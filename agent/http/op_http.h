@@ -100,6 +100,18 @@ int op_http_stream_begin(op_http_req *r, int status, const char *content_type);
 int op_http_stream_write(op_http_req *r, const char *data, size_t len);
 int op_http_stream_end(op_http_req *r);
 
+/* ---- protocol upgrade (WebSocket; see op_ws.h) ---- */
+/* Called on an MHD thread once the 101 answer is sent: fd is the raw
+ * connection, extra holds bytes the client sent after its request. The
+ * callee owns the connection until it calls op_http_upgrade_close(handle). */
+typedef void (*op_http_upgrade_fn)(void *cls, int fd, const char *extra, size_t extra_len,
+                                   void *handle);
+/* Answers 101 Switching Protocols (with headers added before) and hands the
+ * connection to fn. */
+int op_http_respond_upgrade(op_http_req *r, op_http_upgrade_fn fn, void *cls);
+/* Closes an upgraded connection; exactly once per handle. */
+void op_http_upgrade_close(void *handle);
+
 /* The route label for metrics, set by the handler (a static string). */
 void op_http_req_set_route(op_http_req *r, const char *route);
 

@@ -292,6 +292,7 @@ int main(int argc, char **argv)
     op_http_server_stop(srv);
     op_api_stop();
     op_runtime_publish(NULL);
+    op_plugins_drain(); /* model unloads handed to the plugin reaper */
     PL_LOG_INFO("shutdown.done");
     return 0;
 }

@@ -76,6 +76,11 @@ typedef struct op_plugin_refusal {
  * plugin.refused, with path, reason and message), counted, and loading goes
  * on. A missing or unreadable dir is logged (plugin.dir_missing), not fatal.
  * Returns 0 with *out set (holding one ref), or -ENOMEM.
+ *
+ * Reload: loading a new set while the old one still serves is supported
+ * (each gets its own init()/state), but dlopen() returns the library already
+ * mapped for a path, so a .so replaced on disk is only picked up once the old
+ * set is fully released.
  */
 int op_plugins_load(const char *const *dirs, size_t n_dirs, op_plugin_set **out);
 
