@@ -123,6 +123,8 @@ typedef struct vm {
     int *env_refs;          /* registry refs: one environment per policy */
     int *route_refs;        /* registry refs of route functions, LUA_NOREF if none */
     op_metric_child **m_inv;/* invocations child per policy */
+    op_metric_child *m_dur; /* route duration child */
+    int req_meta_ref;       /* registry ref of the shared req metatable */
     bool use_paths;         /* chunk names: full paths (load check) or basenames */
 } vm;
 
@@ -407,6 +409,7 @@ static int l_print(lua_State *L)
 /* ---- environments, load and require ---- */
 
 static void push_env(lua_State *L);
+static int req_index(lua_State *L);
 
 /* load(chunk [, name [, mode [, env]]]) restricted to text; the default
  * environment is the caller's sandbox (upvalue 1). */
@@ -646,6 +649,11 @@ static vm *vm_new(op_policy_set *set, bool use_paths, char *err, size_t errlen)
         lua_pop(L, 1);
         v->m_inv[i] = op_metric_with(g_m_invocations, set->names[i], "route");
     }
+    v->m_dur = op_metric_with(g_m_duration, "route");
+    lua_createtable(v->L, 0, 1);
+    lua_pushcfunction(v->L, req_index);
+    lua_setfield(v->L, -2, "__index");
+    v->req_meta_ref = luaL_ref(v->L, LUA_REGISTRYINDEX);
     lua_sethook(v->L, NULL, 0, 0);
     return v;
 }
@@ -746,14 +754,20 @@ int op_policy_set_load(const op_config_policy *cfg, op_policy_set **out, char *e
 /* The request table                                                        */
 /* ======================================================================== */
 
-/* __index for req: builds req.body and req.headers on first use. Upvalue 1
- * is the call id the table was made for: after that call ends the request
- * data is gone, and a policy that kept req gets nil. */
+/* A key no policy can name: the call id a req table was made for. */
+static const char REQ_CALL_KEY = 0;
+
+/* __index for req (one metatable per state): builds req.body, req.headers
+ * and req.metadata on first use. After the call the table was made for has
+ * ended the request data is gone, and a policy that kept req gets nil. */
 static int req_index(lua_State *L)
 {
     vm *v = vm_of(L);
     const char *key = lua_tostring(L, 2);
-    if (!key || (uint64_t)lua_tointeger(L, lua_upvalueindex(1)) != v->call_id || !v->req)
+    lua_rawgetp(L, 1, &REQ_CALL_KEY);
+    uint64_t made_for = (uint64_t)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (!key || made_for != v->call_id || !v->req)
         return 0;
     const op_route_request *rq = v->req;
     if (strcmp(key, "body") == 0) {
@@ -776,6 +790,8 @@ static int req_index(lua_State *L)
             lua_pushstring(L, rq->headers[i].value);
             lua_setfield(L, -2, lower);
         }
+    } else if (strcmp(key, "metadata") == 0) {
+        lua_newtable(L);
     } else {
         return 0;
     }
@@ -808,12 +824,9 @@ static void push_req(vm *v, const op_route_request *rq, const char *model)
     }
     lua_pushinteger(L, rq->tokens_estimate);
     lua_setfield(L, -2, "tokens_estimate");
-    lua_newtable(L);
-    lua_setfield(L, -2, "metadata");
-    lua_createtable(L, 0, 1);
     lua_pushinteger(L, (lua_Integer)v->call_id);
-    lua_pushcclosure(L, req_index, 1);
-    lua_setfield(L, -2, "__index");
+    lua_rawsetp(L, -2, &REQ_CALL_KEY);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, v->req_meta_ref);
     lua_setmetatable(L, -2);
 }
 
@@ -949,8 +962,7 @@ op_policy_status op_policy_route(op_policy_set *set, const op_route_request *req
     }
     lua_sethook(L, NULL, 0, 0);
     v->req = NULL;
-    op_histogram_observe(op_metric_with(g_m_duration, "route"),
-                         (double)(pl_time_mono_ns() - t0) / 1e9);
+    op_histogram_observe(v->m_dur, (double)(pl_time_mono_ns() - t0) / 1e9);
     if (st == OP_POLICY_MEMORY) {
         /* A state that ran out of memory may hold half-built data: rebuild. */
         op_policy_thread_cleanup();
