@@ -300,6 +300,7 @@ typedef struct api_call {
     bool stream;
     bool stream_started;
     bool completed;
+    _Atomic bool timed_out; /* cancelled by the watchdog, not by the client */
     uint64_t deadline_ns;
     struct api_call *prev, *next; /* watchdog list */
 } api_call;
@@ -390,6 +391,14 @@ static void call_on_complete(void *ctx, const char *result_json, size_t len, int
     c->completed = true;
     pthread_mutex_unlock(&c->mu);
     json_t *result = NULL;
+    char timeout_msg[96];
+    if (code == OUTPOST_ERR_CANCELLED && c->timed_out) {
+        snprintf(timeout_msg, sizeof timeout_msg,
+                 "request exceeded server.request_timeout_s (%d s)",
+                 c->rt->cfg->server.request_timeout_s);
+        code = OUTPOST_ERR_DEADLINE_EXCEEDED;
+        message = timeout_msg;
+    }
     if (code == 0) {
         json_error_t jerr;
         result = json_loadb(result_json ? result_json : "", len, JSON_DECODE_ANY, &jerr);
@@ -458,6 +467,7 @@ static void *watchdog_main(void *arg)
         for (api_call *c = g_calls; c; c = c->next) {
             if (c->deadline_ns && now > c->deadline_ns && c->infer) {
                 c->deadline_ns = 0; /* cancel once */
+                c->timed_out = true;
                 op_infer_cancel(c->infer);
             }
         }

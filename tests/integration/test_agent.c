@@ -4,6 +4,10 @@
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -492,4 +496,58 @@ Test(agent, outpostctl_policy_test)
     free(loop);
     ts_tmpdir_remove(dir);
     free(dir);
+}
+
+Test(agent, deadline_cancels_with_504)
+{
+    const char *cfg =
+        "server:\n  listen: 127.0.0.1:@PORT@\n  workers: 2\n  request_timeout_s: 1\n"
+        "data_dir: @DIR@/var\nplugins:\n  dirs: [@PLUGINS@]\naccounts:\n  - id: local\n"
+        "models:\n  - id: \"@local/slow\"\n    plugin: echo\n    task: text-generation\n"
+        "    options: {delay_ms: 200}\n";
+    ts_agent a;
+    ts_agent_start(&a, cfg);
+    ts_response r;
+    /* 20 words at 200 ms each would take 4 s; the deadline is 1 s. */
+    ts_http(&r, "POST", url(&a, "/ai/run/@local/slow"),
+            "{\"prompt\":\"a b c d e f g h i j k l m n o p q r s t\"}", NULL);
+    cr_assert_eq(r.status, 504, "%ld %s", r.status, r.body);
+    assert_error_envelope(&r, 3046);
+    cr_assert(strstr(r.body, "request_timeout_s"), "%s", r.body);
+    ts_response_free(&r);
+    cr_assert_eq(ts_agent_stop(&a), 0);
+}
+
+Test(agent, client_disconnect_cancels_inference)
+{
+    ts_agent a;
+    ts_agent_start(&a, BASE_CONFIG);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    const char *body = "{\"prompt\":\"a b c d e f g h i j k l m n o p q r s t\",\"stream\":true}";
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "POST /ai/run/@local/slow-echo HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                     strlen(body), body);
+    cr_assert_eq(send(fd, req, (size_t)n, 0), n);
+    char buf[512];
+    cr_assert(recv(fd, buf, sizeof buf, 0) > 0); /* the stream has started */
+    close(fd);
+    /* The plugin sees the cancel at its next word (100 ms). */
+    ts_response r;
+    bool cancelled = false;
+    for (int i = 0; i < 50 && !cancelled; i++) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        ts_http(&r, "GET", url(&a, "/metrics"), NULL, NULL);
+        cancelled = strstr(r.body, "outpost_inference_requests_total{model=\"@local/slow-echo\","
+                                   "code=\"cancelled\"} 1") != NULL;
+        if (!cancelled && i == 49)
+            cr_assert_fail("no cancelled request in metrics:\n%s", r.body);
+        ts_response_free(&r);
+    }
+    cr_assert_eq(ts_agent_stop(&a), 0);
 }
