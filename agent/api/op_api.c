@@ -333,22 +333,26 @@ static void call_unref(api_call *c)
     free(c);
 }
 
-static void sse_write_json(op_http_req *r, json_t *obj)
+/* Writes one SSE event "data: <json>\n\n" (obj's reference is stolen).
+ * Returns 0, or -1 if the client is gone. */
+static int sse_write_json(op_http_req *r, json_t *obj)
 {
-    char *s = json_dumps(obj, JSON_COMPACT);
+    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
     if (!s)
-        return;
+        return -1;
     size_t n = strlen(s);
     char *line = malloc(n + 9);
+    int rc = -1;
     if (line) {
         memcpy(line, "data: ", 6);
         memcpy(line + 6, s, n);
         memcpy(line + 6 + n, "\n\n", 2);
-        op_http_stream_write(r, line, n + 8);
+        rc = op_http_stream_write(r, line, n + 8);
         free(line);
     }
     free(s);
+    return rc;
 }
 
 static int call_on_emit(void *ctx, const char *text, size_t len)
@@ -361,26 +365,12 @@ static int call_on_emit(void *ctx, const char *text, size_t len)
         if (op_http_stream_begin(c->req, 200, "text/event-stream") != 0)
             return -1;
     }
+    json_t *piece = json_stringn(text, len);
+    if (!piece)
+        piece = json_string("\xef\xbf\xbd"); /* a piece that is not valid UTF-8 */
     json_t *o = json_object();
-    json_object_set_new(o, "response", json_stringn(text, len));
-    if (!json_object_get(o, "response"))
-        json_object_set_new(o, "response", json_string("\xef\xbf\xbd")); /* invalid UTF-8 piece */
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!s)
-        return -1;
-    size_t n = strlen(s);
-    char *line = malloc(n + 9);
-    int rc = -1;
-    if (line) {
-        memcpy(line, "data: ", 6);
-        memcpy(line + 6, s, n);
-        memcpy(line + 6 + n, "\n\n", 2);
-        rc = op_http_stream_write(c->req, line, n + 8);
-        free(line);
-    }
-    free(s);
-    return rc;
+    json_object_set_new(o, "response", piece);
+    return sse_write_json(c->req, o);
 }
 
 static void call_on_complete(void *ctx, const char *result_json, size_t len, int code,
