@@ -301,6 +301,7 @@ typedef struct api_call {
     bool stream_started;
     bool completed;
     _Atomic bool timed_out; /* cancelled by the watchdog, not by the client */
+    bool cancel_requested;  /* by op_api_cancel_all (under the list lock) */
     uint64_t deadline_ns;
     struct api_call *prev, *next; /* watchdog list */
 } api_call;
@@ -441,9 +442,64 @@ static void call_on_close(op_http_req *r, bool completed, void *user)
     pthread_mutex_lock(&c->mu);
     bool running = !c->completed;
     pthread_mutex_unlock(&c->mu);
-    if (running && c->infer)
-        op_infer_cancel(c->infer); /* client gone: free the model's slot */
+    /* c->infer is published under the list lock once submit returns. The
+     * connection's reference keeps c and its op_infer alive past the lock. */
+    pthread_mutex_lock(&g_calls_mu);
+    op_infer *inf = running ? c->infer : NULL;
+    pthread_mutex_unlock(&g_calls_mu);
+    if (inf)
+        op_infer_cancel(inf); /* client gone: free the model's slot */
     call_unref(c);                 /* the connection's reference */
+}
+
+/* Takes a reference unless c is already on its way out (refs at 0). */
+static bool call_try_ref(api_call *c)
+{
+    int n = atomic_load(&c->refs);
+    while (n > 0)
+        if (atomic_compare_exchange_weak(&c->refs, &n, n + 1))
+            return true;
+    return false;
+}
+
+/* Cancels every call with a submitted inference for which pick() is true.
+ * Cancels run outside the list lock: a plugin may complete synchronously
+ * inside cancel(), and completion can take the lock to unlink the call. */
+static void cancel_calls(bool (*pick)(api_call *c, uint64_t now))
+{
+    api_call *batch[256];
+    size_t n;
+    do {
+        n = 0;
+        uint64_t now = pl_time_mono_ns();
+        pthread_mutex_lock(&g_calls_mu);
+        for (api_call *c = g_calls; c && n < sizeof batch / sizeof batch[0]; c = c->next)
+            if (c->infer && pick(c, now) && call_try_ref(c))
+                batch[n++] = c;
+        pthread_mutex_unlock(&g_calls_mu);
+        for (size_t i = 0; i < n; i++) {
+            op_infer_cancel(batch[i]->infer);
+            call_unref(batch[i]);
+        }
+    } while (n == sizeof batch / sizeof batch[0]);
+}
+
+static bool pick_expired(api_call *c, uint64_t now)
+{
+    if (!c->deadline_ns || now <= c->deadline_ns)
+        return false;
+    c->deadline_ns = 0; /* cancel once (under the list lock) */
+    c->timed_out = true;
+    return true;
+}
+
+static bool pick_all(api_call *c, uint64_t now)
+{
+    (void)now;
+    if (c->cancel_requested)
+        return false;
+    c->cancel_requested = true;
+    return true;
 }
 
 static void *watchdog_main(void *arg)
@@ -452,16 +508,7 @@ static void *watchdog_main(void *arg)
     while (!atomic_load(&g_watchdog_stop)) {
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        uint64_t now = pl_time_mono_ns();
-        pthread_mutex_lock(&g_calls_mu);
-        for (api_call *c = g_calls; c; c = c->next) {
-            if (c->deadline_ns && now > c->deadline_ns && c->infer) {
-                c->deadline_ns = 0; /* cancel once */
-                c->timed_out = true;
-                op_infer_cancel(c->infer);
-            }
-        }
-        pthread_mutex_unlock(&g_calls_mu);
+        cancel_calls(pick_expired);
     }
     return NULL;
 }
@@ -484,14 +531,7 @@ void op_api_stop(void)
     g_watchdog_running = false;
 }
 
-void op_api_cancel_all(void)
-{
-    pthread_mutex_lock(&g_calls_mu);
-    for (api_call *c = g_calls; c; c = c->next)
-        if (c->infer)
-            op_infer_cancel(c->infer);
-    pthread_mutex_unlock(&g_calls_mu);
-}
+void op_api_cancel_all(void) { cancel_calls(pick_all); }
 
 int op_api_in_flight(void) { return atomic_load(&g_calls_n); }
 

@@ -551,3 +551,38 @@ Test(agent, client_disconnect_cancels_inference)
     }
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
+
+/* With no grace period, SIGTERM cancels the inference in flight: the stream
+ * ends with an error event and [DONE], and the agent still exits 0. */
+Test(agent, shutdown_past_grace_cancels_in_flight)
+{
+    const char *cfg =
+        "server:\n  listen: 127.0.0.1:@PORT@\n  workers: 2\n  shutdown_grace_s: 0\n"
+        "data_dir: @DIR@/var\nplugins:\n  dirs: [@PLUGINS@]\naccounts:\n  - id: local\n"
+        "models:\n  - id: \"@local/slow-echo\"\n    plugin: echo\n    task: text-generation\n"
+        "    options: {delay_ms: 200}\n";
+    ts_agent a;
+    ts_agent_start(&a, cfg);
+    pthread_t t;
+    pthread_create(&t, NULL, slow_stream, &a);
+    struct timespec ts = {0, 500 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    ts_agent_signal(&a, SIGTERM);
+    void *res;
+    pthread_join(t, &res);
+    ts_response *r = res;
+    cr_assert_eq(r->status, 200);
+    cr_assert(strstr(r->body, "\"errors\""), "no error event: %s", r->body);
+    cr_assert(strstr(r->body, "data: [DONE]"), "%s", r->body);
+    cr_assert_null(strstr(r->body, "\" h\""), "stream was not cut: %s", r->body);
+    ts_response_free(r);
+    free(r);
+    int status;
+    cr_assert_eq(waitpid(a.pid, &status, 0), a.pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+    char *log = ts_agent_log(&a);
+    cr_assert(strstr(log, "shutdown.cancel"), "%s", log);
+    free(log);
+    a.pid = 0;
+    ts_agent_stop(&a);
+}
