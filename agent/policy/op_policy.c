@@ -28,6 +28,13 @@
 #define HOOK_STEP 1000
 #define JSON_MAX_DEPTH 64
 
+/* Field names of req, interned once per state (lua_setfield with a C
+ * string costs a lookup in Lua's string cache on every call). */
+enum { K_MODEL = 1, K_TASK, K_ACCOUNT, K_METHOD, K_PATH, K_TOKENS, K_COUNT };
+static const char *const req_keys[K_COUNT] = {NULL, "model", "task", "account", "method", "path",
+                                              "tokens_estimate"};
+
+
 /* ======================================================================== */
 /* The set                                                                  */
 /* ======================================================================== */
@@ -125,6 +132,7 @@ typedef struct vm {
     op_metric_child **m_inv;/* invocations child per policy */
     op_metric_child *m_dur; /* route duration child */
     int req_meta_ref;       /* registry ref of the shared req metatable */
+    int keys_ref;           /* registry ref of the interned req field names */
     bool use_paths;         /* chunk names: full paths (load check) or basenames */
 } vm;
 
@@ -654,6 +662,12 @@ static vm *vm_new(op_policy_set *set, bool use_paths, char *err, size_t errlen)
     lua_pushcfunction(v->L, req_index);
     lua_setfield(v->L, -2, "__index");
     v->req_meta_ref = luaL_ref(v->L, LUA_REGISTRYINDEX);
+    lua_createtable(v->L, K_COUNT, 0);
+    for (int k = 1; k < K_COUNT; k++) {
+        lua_pushstring(v->L, req_keys[k]);
+        lua_rawseti(v->L, -2, k);
+    }
+    v->keys_ref = luaL_ref(v->L, LUA_REGISTRYINDEX);
     lua_sethook(v->L, NULL, 0, 0);
     return v;
 }
@@ -800,34 +814,35 @@ static int req_index(lua_State *L)
     return 1;
 }
 
+static void set_key_str(lua_State *L, int keys, int req, int k, const char *val)
+{
+    if (!val)
+        return;
+    lua_rawgeti(L, keys, k);
+    lua_pushstring(L, val);
+    lua_rawset(L, req);
+}
+
 static void push_req(vm *v, const op_route_request *rq, const char *model)
 {
     lua_State *L = v->L;
     lua_createtable(L, 0, 8);
-    lua_pushstring(L, model);
-    lua_setfield(L, -2, "model");
-    if (rq->task) {
-        lua_pushstring(L, rq->task);
-        lua_setfield(L, -2, "task");
-    }
-    if (rq->account) {
-        lua_pushstring(L, rq->account);
-        lua_setfield(L, -2, "account");
-    }
-    if (rq->method) {
-        lua_pushstring(L, rq->method);
-        lua_setfield(L, -2, "method");
-    }
-    if (rq->path) {
-        lua_pushstring(L, rq->path);
-        lua_setfield(L, -2, "path");
-    }
+    int req = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, v->keys_ref);
+    int keys = lua_gettop(L);
+    set_key_str(L, keys, req, K_MODEL, model);
+    set_key_str(L, keys, req, K_TASK, rq->task);
+    set_key_str(L, keys, req, K_ACCOUNT, rq->account);
+    set_key_str(L, keys, req, K_METHOD, rq->method);
+    set_key_str(L, keys, req, K_PATH, rq->path);
+    lua_rawgeti(L, keys, K_TOKENS);
     lua_pushinteger(L, rq->tokens_estimate);
-    lua_setfield(L, -2, "tokens_estimate");
+    lua_rawset(L, req);
+    lua_pop(L, 1); /* keys */
     lua_pushinteger(L, (lua_Integer)v->call_id);
-    lua_rawsetp(L, -2, &REQ_CALL_KEY);
+    lua_rawsetp(L, req, &REQ_CALL_KEY);
     lua_rawgeti(L, LUA_REGISTRYINDEX, v->req_meta_ref);
-    lua_setmetatable(L, -2);
+    lua_setmetatable(L, req);
 }
 
 /* ======================================================================== */
@@ -910,9 +925,12 @@ static const char *read_route_result(lua_State *L, op_route_decision *out, char 
 op_policy_status op_policy_route(op_policy_set *set, const op_route_request *req,
                                  op_route_decision *out)
 {
-    memset(out, 0, sizeof *out);
     out->action = OP_ROUTE_CONTINUE;
-    snprintf(out->model, sizeof out->model, "%s", req->model ? req->model : "");
+    out->status = 0;
+    out->message[0] = out->policy[0] = '\0';
+    size_t mlen = req->model ? strnlen(req->model, sizeof out->model - 1) : 0;
+    memcpy(out->model, req->model ? req->model : "", mlen);
+    out->model[mlen] = '\0';
     if (!set || set->n == 0)
         return OP_POLICY_OK;
     char err[400];
