@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -26,6 +27,17 @@
 
 /* Instructions between two count-hook calls while within budget. */
 #define HOOK_STEP 1000
+/* Coroutines: every resume is charged CO_STEP up front and the coroutine's
+ * hook runs every CO_STEP instructions, so what a coroutine runs between two
+ * hook calls is always paid for (otherwise many short coroutines, each
+ * finishing before its first hook call, would run for free). */
+#define CO_STEP 100
+/* Work done inside one C call, where no instruction is counted, is charged
+ * in units: one per BYTES_PER_UNIT bytes a pattern function scans or a
+ * library function returns, one per ALLOC_BYTES_PER_UNIT bytes allocated,
+ * one per element table.move copies. */
+#define BYTES_PER_UNIT 16
+#define ALLOC_BYTES_PER_UNIT 64
 #define JSON_MAX_DEPTH 64
 
 /* Field names of req, interned once per state (lua_setfield with a C
@@ -148,7 +160,7 @@ static void count_hook(lua_State *L, lua_Debug *ar)
         lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
         luaL_error(L, "memory limit reached");
     }
-    v->spent += HOOK_STEP;
+    v->spent += (uint64_t)lua_gethookcount(L); /* HOOK_STEP, or CO_STEP in a coroutine */
     if (v->budget_failed || v->spent > v->budget) {
         /* From now on fire on every instruction, so a pcall in the policy
          * cannot catch the error and carry on. */
@@ -176,9 +188,31 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     void *p = realloc(ptr, nsize);
     if (!p)
-        return NULL;
+        return nsize <= old ? ptr : NULL; /* Lua assumes shrinking never fails */
+    if (nsize > old) {
+        /* Building big strings is work no instruction count sees ("a .. b"
+         * on megabytes is one instruction): charge it. */
+        v->spent += (nsize - old) / ALLOC_BYTES_PER_UNIT;
+        if (v->spent > v->budget && !v->budget_failed && v->L) {
+            v->budget_failed = true;
+            lua_sethook(v->L, count_hook, LUA_MASKCOUNT, 1);
+        }
+    }
     v->used = v->used - old + nsize;
     return p;
+}
+
+/* Charges work a C function does in one go; raises the budget error at once
+ * when the budget is gone. */
+static void charge(lua_State *L, uint64_t units)
+{
+    vm *v = vm_of(L);
+    v->spent += units;
+    if (v->budget_failed || v->spent > v->budget) {
+        v->budget_failed = true;
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "instruction budget exhausted");
+    }
 }
 
 static void begin_call(vm *v)
@@ -189,8 +223,18 @@ static void begin_call(vm *v)
     lua_sethook(v->L, count_hook, LUA_MASKCOUNT, HOOK_STEP);
 }
 
-/* ---- string pattern guards ---- */
+/* ---- guards on library functions that loop in C ---- */
 
+/* Calls upvalue 1 with this call's arguments; returns its results. */
+static int call_original(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* find, match, gmatch, gsub: refuse giant subjects, charge the scan. */
 static int guarded_pattern(lua_State *L)
 {
     size_t len;
@@ -198,27 +242,157 @@ static int guarded_pattern(lua_State *L)
     if (len > OP_POLICY_MAX_PATTERN_SUBJECT)
         return luaL_error(L, "string subject too long for pattern matching (%d bytes max)",
                           (int)OP_POLICY_MAX_PATTERN_SUBJECT);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    charge(L, 1 + len / BYTES_PER_UNIT);
+    return call_original(L);
 }
 
-/* Removes string.dump and wraps the pattern functions in the string table
+/* string.rep: rep("", n) would loop n times copying nothing, in one call. */
+static int guarded_rep(lua_State *L)
+{
+    size_t l, lsep;
+    luaL_checklstring(L, 1, &l);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_optlstring(L, 3, "", &lsep);
+    if (n <= 0 || l + lsep == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    int nres = call_original(L);
+    charge(L, 1 + lua_rawlen(L, -1) / BYTES_PER_UNIT);
+    return nres;
+}
+
+/* table.move(a1, f, e, t [, a2]) copies e - f + 1 elements in one call. */
+static int guarded_move(lua_State *L)
+{
+    lua_Integer f = luaL_checkinteger(L, 2);
+    lua_Integer e = luaL_checkinteger(L, 3);
+    if (e >= f)
+        charge(L, (uint64_t)e - (uint64_t)f + 1u);
+    return call_original(L);
+}
+
+/* Replaces lib.name (lib on top) with fn wrapping the original. */
+static void wrap_lib_fn(lua_State *L, const char *name, lua_CFunction fn)
+{
+    lua_getfield(L, -1, name);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
+}
+
+/* Removes string.dump and wraps the looping functions in the string table
  * that both policies and the string metatable see. Expects it on top. */
 static void harden_string_lib(lua_State *L)
 {
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
     static const char *const pat[] = {"find", "match", "gmatch", "gsub"};
-    for (size_t i = 0; i < sizeof pat / sizeof pat[0]; i++) {
-        lua_getfield(L, -1, pat[i]);
-        lua_pushcclosure(L, guarded_pattern, 1);
-        lua_setfield(L, -2, pat[i]);
-    }
+    for (size_t i = 0; i < sizeof pat / sizeof pat[0]; i++)
+        wrap_lib_fn(L, pat[i], guarded_pattern);
+    wrap_lib_fn(L, "rep", guarded_rep);
 }
 
-/* ---- JSON <-> Lua ---- */
+/* ---- coroutines: charged resumes ---- */
+
+/* Resumes co with narg values from L's top. Returns the number of results
+ * moved to L, or -1 with the error object on L. */
+static int resume_charged(lua_State *L, lua_State *co, int narg)
+{
+    if (!lua_checkstack(co, narg)) {
+        lua_pushliteral(L, "too many arguments to resume");
+        return -1;
+    }
+    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+        lua_pushliteral(L, "cannot resume dead coroutine");
+        return -1;
+    }
+    charge(L, CO_STEP);
+    lua_xmove(L, co, narg);
+    lua_sethook(co, count_hook, LUA_MASKCOUNT, vm_of(L)->budget_failed ? 1 : CO_STEP);
+    int nres = 0;
+    int status = lua_resume(co, L, narg, &nres);
+    if (status == LUA_OK || status == LUA_YIELD) {
+        if (!lua_checkstack(L, nres + 1)) {
+            lua_pop(co, nres);
+            lua_pushliteral(L, "too many results to resume");
+            return -1;
+        }
+        lua_xmove(co, L, nres);
+        return nres;
+    }
+    lua_xmove(co, L, 1);
+    return -1;
+}
+
+static int co_resume(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argexpected(L, co, 1, "coroutine");
+    int r = resume_charged(L, co, lua_gettop(L) - 1);
+    if (r < 0) {
+        lua_pushboolean(L, 0);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    lua_insert(L, -(r + 1));
+    return r + 1;
+}
+
+static int co_wrap_call(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int r = resume_charged(L, co, lua_gettop(L));
+    if (r >= 0)
+        return r;
+    int stat = lua_status(co);
+    if (stat != LUA_OK && stat != LUA_YIELD) { /* error in the coroutine */
+        stat = lua_resetthread(co);            /* close its to-be-closed variables */
+        lua_xmove(co, L, 1);
+    }
+    if (stat != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+static int co_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushcclosure(L, co_wrap_call, 1);
+    return 1;
+}
+
+/* setmetatable without __gc: a finalizer runs whenever the collector gets to
+ * it, including between calls and in lua_close, where no budget applies, so
+ * an endless finalizer would hang the worker thread. */
+static int safe_setmetatable(lua_State *L)
+{
+    int t = lua_type(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    if (t == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "__gc metamethods are not available to policies");
+        lua_pop(L, 1);
+    }
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return luaL_error(L, "cannot change a protected metatable");
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* ---- JSON <-> Lua ----
+ * jansson's memory is outside the Lua cap, so no Lua error may escape while
+ * a json_t is held: conversions to Lua run under lua_pcall, and conversions
+ * from Lua report errors in a buffer instead of raising. */
 
 static void push_json(lua_State *L, json_t *j, int depth)
 {
@@ -257,57 +431,121 @@ static void push_json(lua_State *L, json_t *j, int depth)
     }
 }
 
-static json_t *to_json(lua_State *L, int idx, int depth)
+static int push_json_unprotected(lua_State *L)
+{
+    push_json(L, lua_touserdata(L, 1), 0);
+    return 1;
+}
+
+/* Pushes j converted to Lua and releases j, even when Lua raises (then the
+ * error is re-raised). */
+static void push_json_and_free(lua_State *L, json_t *j)
+{
+    lua_pushcfunction(L, push_json_unprotected);
+    lua_pushlightuserdata(L, j);
+    int rc = lua_pcall(L, 1, 1, 0);
+    json_decref(j);
+    if (rc != LUA_OK)
+        lua_error(L);
+}
+
+static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errlen);
+
+/* A table is a JSON array when its keys are exactly 1..n, n > 0. */
+static bool is_json_array(lua_State *L, int idx)
+{
+    lua_Unsigned n = lua_rawlen(L, idx), count = 0;
+    if (n == 0)
+        return false;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        lua_Integer k = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+        if (k < 1 || (lua_Unsigned)k > n) {
+            lua_pop(L, 1);
+            return false;
+        }
+        count++;
+    }
+    return count == n;
+}
+
+static json_t *table_to_json(lua_State *L, int idx, int depth, char *err, size_t errlen)
+{
+    if (is_json_array(L, idx)) {
+        json_t *a = json_array();
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        for (lua_Integer i = 1; a && i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            json_t *item = to_json(L, -1, depth + 1, err, errlen);
+            lua_pop(L, 1);
+            if (!item || json_array_append_new(a, item) != 0) {
+                json_decref(a);
+                return NULL;
+            }
+        }
+        return a;
+    }
+    json_t *o = json_object();
+    lua_pushnil(L);
+    while (o && lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            snprintf(err, errlen, "object keys must be strings (got a %s key)",
+                     luaL_typename(L, -2));
+            lua_pop(L, 2);
+            json_decref(o);
+            return NULL;
+        }
+        size_t klen;
+        const char *k = lua_tolstring(L, -2, &klen);
+        json_t *item = to_json(L, -1, depth + 1, err, errlen);
+        lua_pop(L, 1);
+        if (!item || json_object_setn_new(o, k, klen, item) != 0) {
+            if (item && !err[0])
+                snprintf(err, errlen, "object key is not valid UTF-8");
+            lua_pop(L, 1);
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+/* The JSON for the value at idx, or NULL with err filled. Never raises. */
+static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errlen)
 {
     idx = lua_absindex(L, idx);
-    if (depth > JSON_MAX_DEPTH)
-        luaL_error(L, "value nested deeper than %d", JSON_MAX_DEPTH);
+    if (depth > JSON_MAX_DEPTH || !lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "value nested deeper than %d (a cycle?)", JSON_MAX_DEPTH);
+        return NULL;
+    }
     switch (lua_type(L, idx)) {
     case LUA_TNIL: return json_null();
     case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx))
             return json_integer((json_int_t)lua_tointeger(L, idx));
+        if (!isfinite(lua_tonumber(L, idx))) {
+            snprintf(err, errlen, "cannot encode NaN or infinity as JSON");
+            return NULL;
+        }
         return json_real(lua_tonumber(L, idx));
     case LUA_TSTRING: {
         size_t n;
         const char *s = lua_tolstring(L, idx, &n);
         json_t *j = json_stringn(s, n);
         if (!j)
-            luaL_error(L, "string is not valid UTF-8");
+            snprintf(err, errlen, "string is not valid UTF-8");
         return j;
     }
     case LUA_TLIGHTUSERDATA:
         if (lua_touserdata(L, idx) == NULL)
             return json_null();
         break;
-    case LUA_TTABLE: {
-        luaL_checkstack(L, 4, "value too deep");
-        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
-        if (n > 0) {
-            json_t *a = json_array();
-            for (lua_Integer i = 1; i <= n; i++) {
-                lua_rawgeti(L, idx, i);
-                json_array_append_new(a, to_json(L, -1, depth + 1));
-                lua_pop(L, 1);
-            }
-            return a;
-        }
-        json_t *o = json_object();
-        lua_pushnil(L);
-        while (lua_next(L, idx)) {
-            if (lua_type(L, -2) != LUA_TSTRING) {
-                json_decref(o);
-                luaL_error(L, "object keys must be strings");
-            }
-            json_object_set_new(o, lua_tostring(L, -2), to_json(L, -1, depth + 1));
-            lua_pop(L, 1);
-        }
-        return o;
-    }
+    case LUA_TTABLE: return table_to_json(L, idx, depth, err, errlen);
     default: break;
     }
-    luaL_error(L, "cannot encode a %s as JSON", luaL_typename(L, idx));
+    snprintf(err, errlen, "cannot encode a %s as JSON", luaL_typename(L, idx));
     return NULL;
 }
 
@@ -315,6 +553,7 @@ static int l_json_decode(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    charge(L, 1 + n / BYTES_PER_UNIT);
     json_error_t e;
     json_t *j = json_loadb(s, n, JSON_DECODE_ANY, &e);
     if (!j) {
@@ -322,21 +561,36 @@ static int l_json_decode(lua_State *L)
         lua_pushfstring(L, "invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
         return 2;
     }
-    push_json(L, j, 0);
-    json_decref(j);
+    push_json_and_free(L, j);
     return 1;
 }
 
+static int push_text_unprotected(lua_State *L)
+{
+    lua_pushstring(L, lua_touserdata(L, 1));
+    return 1;
+}
+
+/* Object keys are sorted, so the same table always encodes the same way. */
 static int l_json_encode(lua_State *L)
 {
     luaL_checkany(L, 1);
-    json_t *j = to_json(L, 1, 0);
-    char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    lua_settop(L, 1);
+    char err[160] = "";
+    json_t *j = to_json(L, 1, 0, err, sizeof err);
+    if (!j)
+        return luaL_error(L, "%s", err[0] ? err : "cannot encode value");
+    char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS);
     json_decref(j);
     if (!s)
         return luaL_error(L, "cannot encode value");
-    lua_pushstring(L, s);
+    lua_pushcfunction(L, push_text_unprotected); /* the cap may refuse it: free s anyway */
+    lua_pushlightuserdata(L, s);
+    int rc = lua_pcall(L, 1, 1, 0);
     free(s);
+    if (rc != LUA_OK)
+        return lua_error(L);
+    charge(L, 1 + lua_rawlen(L, -1) / BYTES_PER_UNIT);
     return 1;
 }
 
@@ -533,17 +787,24 @@ static void push_env(lua_State *L)
 static int setup_state(lua_State *L)
 {
     luaL_requiref(L, "_G", luaopen_base, 1);
+    lua_pushcfunction(L, safe_setmetatable);
+    lua_setfield(L, -2, "setmetatable");
     lua_pop(L, 1);
     luaL_requiref(L, "string", luaopen_string, 1);
     harden_string_lib(L);
     lua_pop(L, 1);
     luaL_requiref(L, "table", luaopen_table, 1);
+    wrap_lib_fn(L, "move", guarded_move);
     lua_pop(L, 1);
     luaL_requiref(L, "math", luaopen_math, 1);
     lua_pop(L, 1);
     luaL_requiref(L, "utf8", luaopen_utf8, 1);
     lua_pop(L, 1);
     luaL_requiref(L, "coroutine", luaopen_coroutine, 1);
+    lua_pushcfunction(L, co_resume);
+    lua_setfield(L, -2, "resume");
+    lua_pushcfunction(L, co_wrap);
+    lua_setfield(L, -2, "wrap");
     lua_pop(L, 1);
     luaL_requiref(L, "os", luaopen_os, 0);
     lua_createtable(L, 0, 4); /* os: time functions only */
@@ -788,8 +1049,7 @@ static int req_index(lua_State *L)
         json_error_t e;
         json_t *j = rq->body_json ? json_loadb(rq->body_json, rq->body_len, 0, &e) : NULL;
         if (j) {
-            push_json(L, j, 0);
-            json_decref(j);
+            push_json_and_free(L, j);
         } else {
             lua_newtable(L);
         }

@@ -23,7 +23,10 @@
  *   the `outpost` table. Memory: a counting allocator refuses allocations past
  *   memory_bytes per state. Time: an instruction budget per hook call through
  *   a count hook; once exhausted (or once memory ran out) every protected call
- *   inside the policy re-raises, so pcall cannot swallow the failure.
+ *   inside the policy re-raises, so pcall cannot swallow the failure. Work
+ *   done inside one C call (pattern scans, string.rep, table.move, big
+ *   allocations, coroutine resumes) is charged to the same budget; __gc
+ *   metamethods are refused (finalizers would run outside any budget).
  *
  * Threading
  *   op_policy_set_* may be called from any thread. op_policy_route() may run
