@@ -119,7 +119,7 @@ extern "C" {
 #endif
 
 #define OUTPOST_PLUGIN_ABI_MAJOR 1
-#define OUTPOST_PLUGIN_ABI_MINOR 0
+#define OUTPOST_PLUGIN_ABI_MINOR 1
 /* The oldest minor of this major that this header's host still accepts. */
 #define OUTPOST_PLUGIN_ABI_MINOR_MIN 0
 
@@ -135,6 +135,7 @@ typedef struct outpost_plugin_state outpost_plugin_state;
 typedef struct outpost_model outpost_model;
 typedef struct outpost_request outpost_request;
 typedef struct outpost_host_api outpost_host_api;
+typedef struct outpost_host_model outpost_host_model; /* the host's side of a model (minor 1) */
 
 typedef enum outpost_error_code {
     OUTPOST_ERR_INTERNAL = 1,
@@ -189,6 +190,11 @@ typedef struct outpost_model_config {
     const char *path;           /* model file or directory; NULL if none was configured */
     const outpost_option *options;
     size_t n_options;
+    /* ---- ABI minor 1 ---- */
+    /* The host's handle for this model instance, for host->model_metric().
+     * Valid from model_load() until model_unload() returns. Read it only if
+     * struct_size covers it (an older host leaves it out). */
+    outpost_host_model *host_model;
 } outpost_model_config;
 
 /* What a loaded model reports about itself, for the catalog and scheduling.
@@ -209,6 +215,26 @@ typedef struct outpost_model_info {
 /* ------------------------------------------------------------------------ */
 /* The host API: what a plugin may call. All functions are thread-safe.      */
 /* ------------------------------------------------------------------------ */
+
+/* Per-model measurements a plugin reports with host->model_metric() (ABI
+ * minor 1); the host turns them into Prometheus series labelled with the
+ * model id (docs/metrics.md). Ids are stable; the host ignores ids it does
+ * not know, so a plugin may report newer ones to an older host. */
+typedef enum outpost_model_metric {
+    /* gauges: value replaces the previous one */
+    OUTPOST_METRIC_QUEUE_DEPTH = 1,        /* requests accepted, waiting to start */
+    OUTPOST_METRIC_RUNNING = 2,            /* requests being computed */
+    OUTPOST_METRIC_KV_USED_TOKENS = 3,     /* KV cache positions in use (or reserved) */
+    OUTPOST_METRIC_KV_CAPACITY_TOKENS = 4, /* KV cache positions in all */
+    /* histograms: one observation per call */
+    OUTPOST_METRIC_BATCH_SIZE = 5,         /* requests computed together in one step */
+    OUTPOST_METRIC_QUEUE_WAIT_SECONDS = 6, /* submit() to the start of its compute */
+    OUTPOST_METRIC_TTFT_SECONDS = 7,       /* submit() to the first generated token */
+    OUTPOST_METRIC_ITL_SECONDS = 8,        /* between two generated tokens of one request */
+    /* counters: value is added */
+    OUTPOST_METRIC_PROMPT_TOKENS = 9,      /* input tokens processed (prompts, texts embedded) */
+    OUTPOST_METRIC_GENERATED_TOKENS = 10,  /* output tokens generated */
+} outpost_model_metric;
 
 typedef enum outpost_log_level {
     OUTPOST_LOG_DEBUG = 0,
@@ -270,6 +296,13 @@ typedef struct outpost_host_api {
     void (*request_complete)(outpost_request *req, const char *result_json, size_t len,
                              outpost_error *err);
     /* ---- ABI minor 0 ends here; later minors append below. ---- */
+
+    /* ---- ABI minor 1 ---- */
+    /* Reports one measurement for a model (see outpost_model_metric), from
+     * any thread; lock-free on the host side, cheap enough for every token.
+     * hm is cfg->host_model from model_load(). NULL hm, an unknown metric or
+     * a NaN value is ignored. */
+    void (*model_metric)(outpost_host_model *hm, outpost_model_metric metric, double value);
 } outpost_host_api;
 
 /* ------------------------------------------------------------------------ */
@@ -314,6 +347,16 @@ typedef struct outpost_plugin {
      * concurrently: ignore unknown requests. */
     void (*cancel)(outpost_model *model, outpost_request *req);
     /* ---- ABI minor 0 ends here; later minors append below. ---- */
+
+    /* ---- ABI minor 1 (optional: NULL, or absent in an older plugin) ---- */
+    /* How many input tokens body (a request input, as submit() would get it)
+     * amounts to for this model, counted with the model's own tokenizer and
+     * chat template; for policies and rate limits, before the request is
+     * submitted. Runs on an HTTP thread: it must be thread-safe, must not
+     * queue or compute anything but the count, and should take microseconds
+     * per kilobyte. Returns 0 with *tokens set, or -1 if it cannot tell (bad
+     * input: the host then estimates, and submit() reports the error). */
+    int (*count_tokens)(outpost_model *model, const char *body, size_t len, int64_t *tokens);
 } outpost_plugin;
 
 typedef const outpost_plugin *(*outpost_plugin_entry_fn)(void);

@@ -1,0 +1,81 @@
+/*
+ * llm_tok: the tokenizer of a llama-family GGUF model, built from its
+ * metadata: byte-level BPE (tokenizer.ggml.model "gpt2") with the model's
+ * pre-tokenizer (tokenizer.ggml.pre), merges by rank, and special/control
+ * tokens recognised in text when asked.
+ *
+ * Pre-tokenizers (the regex splits done before BPE, as llama.cpp and HF
+ * tokenizers define them; implemented by hand over nn_unicode, no regex
+ * engine):
+ *   "default", "gpt-2"          the GPT-2 pattern
+ *   "smollm"                    digits split one by one, then GPT-2
+ *   "llama3", "llama-bpe"       the Llama 3 pattern
+ *   "qwen2"                     the Qwen2 pattern
+ * Any other tokenizer.ggml.model or .pre is refused at load with a message
+ * naming it and the supported ones. (SentencePiece "llama" vocabularies are
+ * not supported yet.)
+ *
+ * Ownership: llm_vocab_load copies what it needs out of the GGUF file; the
+ * file may be closed afterwards. Outputs of llm_tokenize are the caller's.
+ *
+ * Threading: a loaded vocab is immutable; every function may run on any
+ * number of threads at once.
+ *
+ * Errors: load returns -1 with a reason ("tokenizer.ggml.merges[17]: 'x y z'
+ * is not two tokens"). Tokenizing never fails on input: invalid UTF-8 bytes
+ * are tokenized as their byte tokens, as the reference does.
+ */
+#ifndef LLM_TOK_H
+#define LLM_TOK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+
+typedef struct llm_vocab llm_vocab;
+
+typedef enum llm_pre {
+    LLM_PRE_GPT2 = 0,
+    LLM_PRE_SMOLLM,
+    LLM_PRE_LLAMA3,
+    LLM_PRE_QWEN2,
+} llm_pre;
+
+int llm_vocab_load(const gguf_file *f, llm_vocab **out, char *err, size_t errlen);
+void llm_vocab_free(llm_vocab *v); /* NULL is a no-op */
+
+int32_t llm_vocab_size(const llm_vocab *v);
+llm_pre llm_vocab_pre(const llm_vocab *v);
+/* Special ids from the metadata; -1 when absent. */
+int32_t llm_vocab_bos(const llm_vocab *v);
+int32_t llm_vocab_eos(const llm_vocab *v);
+bool llm_vocab_add_bos(const llm_vocab *v); /* tokenizer.ggml.add_bos_token */
+/* True for tokens that end generation: eos, eot, and the control tokens
+ * chat templates close a turn with ("<|im_end|>", "<|eot_id|>",
+ * "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>"), when present. */
+bool llm_vocab_is_eog(const llm_vocab *v, int32_t id);
+/* True for control/user-defined tokens (token_type 3 or 4). */
+bool llm_vocab_is_control(const llm_vocab *v, int32_t id);
+/* The id of a token's exact text, or -1. */
+int32_t llm_vocab_find(const llm_vocab *v, const char *text, size_t len);
+
+/*
+ * Tokenizes text[0, len). With parse_special, the texts of control tokens
+ * ("<|im_start|>") found in text become their ids (longest match wins);
+ * without it they are tokenized as plain text. Never adds BOS: the caller
+ * decides. Appends to *ids (realloc'd; *ids may be NULL with *n == 0 and
+ * *cap == 0), updating *n and *cap. Returns 0, or -1 on out of memory.
+ */
+int llm_tokenize(const llm_vocab *v, const char *text, size_t len, bool parse_special,
+                 int32_t **ids, size_t *n, size_t *cap);
+
+/* Bytes of token id, byte-level decoded ("Ġ" is a space); control tokens
+ * give their text only if render_special, else nothing. Writes at most cap
+ * bytes (not NUL-terminated) and returns the full length (so a return >
+ * cap means truncated). An id out of range gives 0. */
+size_t llm_token_to_piece(const llm_vocab *v, int32_t id, bool render_special, char *buf,
+                          size_t cap);
+
+#endif
