@@ -5,7 +5,7 @@
  */
 #include "bert_model.h"
 
-#include <cblas.h>
+#include <cblas.h> /* pulls in <complex.h>: no variable may be named I */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -300,7 +300,7 @@ static const float *weight(bert_model *m, const char *prefix, const char *name, 
 static int load_weights(bert_model *m, char *err, size_t errlen)
 {
     const bert_config *c = &m->cfg;
-    const int64_t H = c->hidden, I = c->intermediate;
+    const int64_t H = c->hidden, FF = c->intermediate;
     const char *pfx = st_find(m->st, "embeddings.word_embeddings.weight") ? ""
                       : st_find(m->st, "bert.embeddings.word_embeddings.weight") ? "bert."
                                                                                  : "";
@@ -338,9 +338,9 @@ static int load_weights(bert_model *m, char *err, size_t errlen)
         LW(L->o_b, "attention.output.dense.bias", H, 0);
         LW(L->ln1_w, "attention.output.LayerNorm.weight", H, 0);
         LW(L->ln1_b, "attention.output.LayerNorm.bias", H, 0);
-        LW(L->ff1_w, "intermediate.dense.weight", I, H);
-        LW(L->ff1_b, "intermediate.dense.bias", I, 0);
-        LW(L->ff2_w, "output.dense.weight", H, I);
+        LW(L->ff1_w, "intermediate.dense.weight", FF, H);
+        LW(L->ff1_b, "intermediate.dense.bias", FF, 0);
+        LW(L->ff2_w, "output.dense.weight", H, FF);
         LW(L->ff2_b, "output.dense.bias", H, 0);
         LW(L->ln2_w, "output.LayerNorm.weight", H, 0);
         LW(L->ln2_b, "output.LayerNorm.bias", H, 0);
@@ -473,13 +473,13 @@ bert_ctx *bert_ctx_new(const bert_model *m, int max_tokens, int n_threads, bert_
     c->m = m;
     c->gemm = gemm;
     c->max_tokens = max_tokens;
-    size_t T = (size_t)max_tokens, H = (size_t)cf->hidden, I = (size_t)cf->intermediate;
+    size_t T = (size_t)max_tokens, H = (size_t)cf->hidden, FF = (size_t)cf->intermediate;
     size_t S = (size_t)cf->max_seq;
     c->x = falloc(T * H);
     c->qkv = falloc(T * 3 * H);
     c->att = falloc(T * H);
     c->tmp = falloc(T * H);
-    c->ff = falloc(T * I);
+    c->ff = falloc(T * FF);
     c->scores = falloc((size_t)n_threads * S * S);
     c->pos = malloc(T * sizeof(int));
     c->pool = nn_pool_new(n_threads, "bert");
@@ -593,7 +593,7 @@ static void forward(void *arg, int ith, int nth)
     bert_ctx *c = arg;
     const bert_model *m = c->m;
     const bert_config *cf = &m->cfg;
-    const int H = cf->hidden, I = cf->intermediate, T = c->T;
+    const int H = cf->hidden, FF = cf->intermediate, T = c->T;
     float *S = c->scores + (size_t)ith * (size_t)cf->max_seq * (size_t)cf->max_seq;
     long lo, hi;
 
@@ -619,9 +619,9 @@ static void forward(void *arg, int ith, int nth)
         nn_pool_barrier(c->pool);
         add_layernorm(c->x, c->tmp, L->ln1_w, L->ln1_b, T, H, cf->ln_eps, ith, nth);
         nn_pool_barrier(c->pool);
-        linear(c, c->x, T, H, L->ff1_w, L->ff1_b, I, c->ff, true, ith, nth);
+        linear(c, c->x, T, H, L->ff1_w, L->ff1_b, FF, c->ff, true, ith, nth);
         nn_pool_barrier(c->pool);
-        linear(c, c->ff, T, I, L->ff2_w, L->ff2_b, H, c->tmp, false, ith, nth);
+        linear(c, c->ff, T, FF, L->ff2_w, L->ff2_b, H, c->tmp, false, ith, nth);
         nn_pool_barrier(c->pool);
         add_layernorm(c->x, c->tmp, L->ln2_w, L->ln2_b, T, H, cf->ln_eps, ith, nth);
         nn_pool_barrier(c->pool);
