@@ -52,7 +52,7 @@ const char *llm_chat_kind_name(llm_chat_kind k); /* "chatml" ... */
 
 /* Renders msgs as the template would with add_generation_prompt=true.
  * Control token texts ("<|im_start|>") appear literally: tokenize the result
- * with parse_special. Returns 0 with *out/*out_len (malloc'd, NUL-
+ * with parse_special. Returns 0 with *out and *out_len (malloc'd, NUL-
  * terminated), or -1 (LLM_CHAT_NONE, an empty list, or out of memory). */
 int llm_chat_render(const llm_chat *c, const llm_chat_msg *msgs, size_t n, char **out,
                     size_t *out_len, char *err, size_t errlen);
