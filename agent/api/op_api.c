@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/op_openai.h"
 #include "metrics/op_metrics.h"
 #include "platform/pl_hash.h"
 #include "platform/pl_log.h"
@@ -29,8 +30,54 @@ char *op_api_error_json(int code, const char *message)
     return s;
 }
 
+/* True for the OpenAI-compatible routes (/v1/..., and
+ * /client/v4/accounts/{account}/ai/v1/...): their errors take OpenAI's shape,
+ * which is what OpenAI's SDKs parse; every other route answers the Workers
+ * AI envelope. Decided by the path, so that every error of those routes
+ * (auth, unknown model, policy, plugin) has the same shape. */
+static bool openai_path(const char *path)
+{
+    if (strncmp(path, "/v1/", 4) == 0)
+        return true;
+    if (strncmp(path, ACCOUNTS_PREFIX, sizeof ACCOUNTS_PREFIX - 1) != 0)
+        return false;
+    const char *rest = strchr(path + sizeof ACCOUNTS_PREFIX - 1, '/');
+    return rest && strncmp(rest, "/ai/v1/", 7) == 0;
+}
+
+/* OpenAI's error "code" for an API error code (docs/api.md). */
+static const char *openai_code(int api_code)
+{
+    switch (api_code) {
+    case OP_API_ERR_NO_ROUTE: return "unknown_url";
+    case OP_API_ERR_METHOD: return "method_not_allowed";
+    case OP_API_ERR_AUTH: return "invalid_api_key";
+    case OP_API_ERR_FORBIDDEN: return "forbidden";
+    case OP_API_ERR_ACCOUNT: return "account_not_found";
+    case OP_API_ERR_NO_MODEL: return "model_not_found";
+    case OP_API_ERR_MODEL_UNAVAILABLE: return "model_unavailable";
+    case OP_API_ERR_POLICY_REJECT: return "policy_rejected";
+    case OP_API_ERR_POLICY_FAILED: return "policy_failed";
+    case OP_API_ERR_OVERLOADED: return "rate_limit_exceeded";
+    case OP_API_ERR_TIMEOUT: return "timeout";
+    case OP_API_ERR_INFERENCE: return "inference_failed";
+    default: return NULL; /* OP_API_ERR_INVALID_INPUT: the message says what */
+    }
+}
+
 static void respond_error(op_http_req *r, int status, int code, const char *message)
 {
+    if (openai_path(op_http_req_path(r))) {
+        char *body = op_openai_error_json(status, message,
+                                          code == OP_API_ERR_NO_MODEL ? "model" : NULL,
+                                          openai_code(code));
+        if (!body)
+            op_http_respond(r, 500, "text/plain", "out of memory\n", 14);
+        else
+            op_http_respond(r, status, "application/json", body, strlen(body));
+        free(body);
+        return;
+    }
     char *body = op_api_error_json(code, message);
     if (!body) {
         op_http_respond(r, 500, "text/plain", "out of memory\n", 14);
@@ -50,6 +97,17 @@ static void respond_json(op_http_req *r, int status, json_t *json)
         return;
     }
     op_http_respond(r, status, "application/json", body, strlen(body));
+    free(body);
+}
+
+static void respond_openai(op_http_req *r, const op_openai_error *e)
+{
+    char *body = op_openai_error_json(e->status, e->message, e->param, e->code);
+    if (!body) {
+        op_http_respond(r, 500, "text/plain", "out of memory\n", 14);
+        return;
+    }
+    op_http_respond(r, e->status, "application/json", body, strlen(body));
     free(body);
 }
 
@@ -252,10 +310,19 @@ static void handle_models_search(op_http_req *r, const op_runtime *rt)
         json_t *props = json_array();
         const char *desc = c->description ? c->description : "";
         if (rt->models[i].model) {
+            /* Workers AI's property names per task: a generator's window
+             * is context_window; an embedder's (or classifier's) is
+             * max_input_tokens, and an embedder has output_dimensions.
+             * parameters is Outpost's own, when the plugin knows it. */
             const outpost_model_info *info = op_model_info(rt->models[i].model);
-            add_property(props, "context_window", info->context_window);
+            if (strcmp(c->task, OUTPOST_TASK_TEXT_GENERATION) == 0) {
+                add_property(props, "context_window", info->context_window);
+            } else {
+                add_property(props, "max_input_tokens", info->context_window);
+                if (strcmp(c->task, OUTPOST_TASK_TEXT_EMBEDDINGS) == 0)
+                    add_property(props, "output_dimensions", info->dimensions);
+            }
             add_property(props, "parameters", info->parameters);
-            add_property(props, "dimensions", info->dimensions);
             if (!c->description && info->description)
                 desc = info->description;
         }
@@ -303,6 +370,7 @@ typedef struct api_call {
     _Atomic bool timed_out; /* cancelled by the watchdog, not by the client */
     bool cancel_requested;  /* by op_api_cancel_all (under the list lock) */
     uint64_t deadline_ns;
+    op_openai_req *oai;     /* OpenAI-compatible request (owned), NULL for /ai/run */
     struct api_call *prev, *next; /* watchdog list */
 } api_call;
 
@@ -331,6 +399,7 @@ static void call_unref(api_call *c)
     op_http_req_unref(c->req);
     op_runtime_release(c->rt);
     pthread_mutex_destroy(&c->mu);
+    free(c->oai);
     free(c);
 }
 
@@ -356,22 +425,78 @@ static int sse_write_json(op_http_req *r, json_t *obj)
     return rc;
 }
 
+/* Opens the event stream (once): headers, then for OpenAI chat the chunk
+ * that announces the assistant's role. The stream starts with the first
+ * piece, so that an error before it is still an ordinary HTTP error. */
+static int stream_open(api_call *c)
+{
+    if (c->stream_started)
+        return 0;
+    c->stream_started = true;
+    if (op_http_stream_begin(c->req, 200, "text/event-stream") != 0)
+        return -1;
+    json_t *first = c->oai ? op_openai_chunk_first(c->oai) : NULL;
+    return first ? sse_write_json(c->req, first) : 0;
+}
+
 static int call_on_emit(void *ctx, const char *text, size_t len)
 {
     api_call *c = ctx;
     if (!c->stream)
         return 0; /* a plugin may emit for non-streamed requests too: ignore */
-    if (!c->stream_started) {
-        c->stream_started = true;
-        if (op_http_stream_begin(c->req, 200, "text/event-stream") != 0)
-            return -1;
-    }
+    if (stream_open(c) != 0)
+        return -1;
+    if (c->oai)
+        return sse_write_json(c->req, op_openai_chunk_piece(c->oai, text, len));
+    /* The host hands on valid UTF-8 only (op_utf8.h); the fallback is for
+     * a piece jansson would still refuse. */
     json_t *piece = json_stringn(text, len);
     if (!piece)
-        piece = json_string("\xef\xbf\xbd"); /* a piece that is not valid UTF-8 */
+        piece = json_string("\xef\xbf\xbd");
     json_t *o = json_object();
     json_object_set_new(o, "response", piece);
     return sse_write_json(c->req, o);
+}
+
+/* The API error code for a plugin's outpost_error_code. */
+static int api_code_for(int code)
+{
+    switch (code) {
+    case OUTPOST_ERR_INVALID_ARGUMENT:
+    case OUTPOST_ERR_UNSUPPORTED: return OP_API_ERR_INVALID_INPUT;
+    case OUTPOST_ERR_RESOURCE_EXHAUSTED: return OP_API_ERR_OVERLOADED;
+    case OUTPOST_ERR_DEADLINE_EXCEEDED: return OP_API_ERR_TIMEOUT;
+    default: return OP_API_ERR_INFERENCE;
+    }
+}
+
+/* The end of a stream: the last events, then [DONE]. */
+static void stream_finish(api_call *c, json_t *result, int code, const char *message)
+{
+    if (code == 0 && c->oai) {
+        sse_write_json(c->req, op_openai_chunk_final(c->oai, result));
+        json_t *usage = op_openai_chunk_usage(c->oai, result);
+        if (usage)
+            sse_write_json(c->req, usage);
+    } else if (code == 0) {
+        /* The last event carries the usage, as Workers AI streams do. */
+        json_t *last = json_pack("{s:s}", "response", "");
+        json_t *usage = json_object_get(result, "usage");
+        if (usage)
+            json_object_set(last, "usage", usage);
+        sse_write_json(c->req, last);
+    } else if (c->oai) {
+        int api_code = api_code_for(code);
+        sse_write_json(c->req, op_openai_error_object(op_http_status_for_error(code),
+                                                      message ? message : "inference failed",
+                                                      NULL, openai_code(api_code)));
+    } else {
+        sse_write_json(c->req, json_pack("{s:[{s:i, s:s}]}", "errors", "code",
+                                         OP_API_ERR_INFERENCE, "message",
+                                         message ? message : "inference failed"));
+    }
+    op_http_stream_write(c->req, "data: [DONE]\n\n", 14);
+    op_http_stream_end(c->req);
 }
 
 static void call_on_complete(void *ctx, const char *result_json, size_t len, int code,
@@ -400,36 +525,25 @@ static void call_on_complete(void *ctx, const char *result_json, size_t len, int
         }
     }
     if (c->stream && (c->stream_started || code == 0)) {
-        if (!c->stream_started) {
-            c->stream_started = true;
-            op_http_stream_begin(c->req, 200, "text/event-stream");
-        }
-        if (code == 0) {
-            /* The last event carries the usage, as Workers AI streams do. */
-            json_t *last = json_pack("{s:s}", "response", "");
-            json_t *usage = json_object_get(result, "usage");
-            if (usage)
-                json_object_set(last, "usage", usage);
-            sse_write_json(c->req, last);
+        stream_open(c); /* a client that left makes the writes fail, harmlessly */
+        stream_finish(c, result, code, message);
+    } else if (code == 0 && c->oai) {
+        op_openai_error oe;
+        json_t *resp = op_openai_response(c->oai, result, &oe);
+        if (resp) {
+            respond_json(c->req, 200, resp);
         } else {
-            sse_write_json(c->req, json_pack("{s:[{s:i, s:s}]}", "errors", "code",
-                                             OP_API_ERR_INFERENCE, "message",
-                                             message ? message : "inference failed"));
+            if (oe.status >= 500)
+                PL_LOG_ERROR("inference.bad_result", "model", c->oai->model, "reason", oe.message);
+            respond_openai(c->req, &oe);
         }
-        op_http_stream_write(c->req, "data: [DONE]\n\n", 14);
-        op_http_stream_end(c->req);
     } else if (code == 0) {
         respond_json(c->req, 200, envelope_ok(json_incref(result)));
     } else {
-        int status = op_http_status_for_error(code);
-        int api_code = code == OUTPOST_ERR_INVALID_ARGUMENT || code == OUTPOST_ERR_UNSUPPORTED
-                           ? OP_API_ERR_INVALID_INPUT
-                       : code == OUTPOST_ERR_RESOURCE_EXHAUSTED ? OP_API_ERR_OVERLOADED
-                       : code == OUTPOST_ERR_DEADLINE_EXCEEDED  ? OP_API_ERR_TIMEOUT
-                                                                : OP_API_ERR_INFERENCE;
         if (code == OUTPOST_ERR_RESOURCE_EXHAUSTED || code == OUTPOST_ERR_UNAVAILABLE)
             op_http_add_header(c->req, "Retry-After", "1");
-        respond_error(c->req, status, api_code, message ? message : "inference failed");
+        respond_error(c->req, op_http_status_for_error(code), api_code_for(code),
+                      message ? message : "inference failed");
     }
     json_decref(result);
     call_unref(c); /* the plugin side's reference */
@@ -550,8 +664,8 @@ static void collect_header(const char *name, const char *value, void *ctx)
     }
 }
 
-/* A rough prompt-size estimate for policies (about 4 bytes a token), until
- * the model's own tokenizer can be asked. */
+/* A rough prompt-size estimate for policies (about 4 bytes a token), for
+ * models whose plugin cannot count (no count_tokens) or is not loaded. */
 static long long estimate_tokens(json_t *body)
 {
     size_t bytes = 0;
@@ -574,25 +688,70 @@ static long long estimate_tokens(json_t *body)
     return (long long)((bytes + 3) / 4);
 }
 
-static void handle_ai_run(op_http_req *r, op_runtime *rt, const op_config_account *acct,
-                          const char *model_id)
+/* The route hook's tokens_estimate: the model's own count when the target
+ * is loaded and its plugin can count (ABI minor 1, count_tokens), else the
+ * byte estimate. */
+static long long tokens_for_policy(const op_runtime_model *m, json_t *in, const char *body,
+                                   size_t blen)
 {
-    size_t blen;
-    const char *body = op_http_req_body(r, &blen);
-    json_error_t jerr;
-    json_t *in = json_loadb(body, blen, 0, &jerr);
-    if (!in || !json_is_object(in)) {
-        char msg[256];
-        if (!in)
-            snprintf(msg, sizeof msg, "request body is not valid JSON: %s (line %d, column %d)",
-                     jerr.text, jerr.line, jerr.column);
-        else
-            snprintf(msg, sizeof msg, "request body must be a JSON object");
-        json_decref(in);
-        respond_error(r, 400, OP_API_ERR_INVALID_INPUT, msg);
-        return;
-    }
+    long long n;
+    if (m && m->model && op_model_count_tokens(m->model, body, blen, &n) == 0)
+        return n;
+    return estimate_tokens(in);
+}
 
+static const char *openai_endpoint_name(op_openai_kind kind)
+{
+    switch (kind) {
+    case OP_OPENAI_CHAT: return "chat completions";
+    case OP_OPENAI_COMPLETIONS: return "completions";
+    case OP_OPENAI_EMBEDDINGS: return "embeddings";
+    }
+    return "?";
+}
+
+/* Checks that the model found for an OpenAI request can serve it: the
+ * endpoint's task, and for embeddings the dimensions asked for. Answers and
+ * returns false if not. */
+static bool openai_model_fits(op_http_req *r, const op_openai_req *oai, const op_runtime_model *m,
+                              const char *target)
+{
+    const char *want = oai->kind == OP_OPENAI_EMBEDDINGS ? "text-embeddings" : "text-generation";
+    op_openai_error e = {.status = 400, .code = "model_not_supported"};
+    if (strcmp(m->cfg->task, want) != 0) {
+        snprintf(e.param, sizeof e.param, "model");
+        snprintf(e.message, sizeof e.message,
+                 "The model '%.200s' serves %s, not %s: use a %s model here.", target,
+                 m->cfg->task, openai_endpoint_name(oai->kind), want);
+        respond_openai(r, &e);
+        return false;
+    }
+    long long dims = oai->kind == OP_OPENAI_EMBEDDINGS ? op_model_info(m->model)->dimensions : 0;
+    if (oai->dimensions > 0 && dims > 0 && dims != oai->dimensions) {
+        e.code = "invalid_value";
+        snprintf(e.param, sizeof e.param, "dimensions");
+        snprintf(e.message, sizeof e.message,
+                 "Invalid 'dimensions': the model '%.200s' has %lld dimensions; send %lld or leave "
+                 "'dimensions' out.",
+                 target, dims, dims);
+        respond_openai(r, &e);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * The path every inference takes, /ai/run and the OpenAI endpoints alike:
+ * the policies' route hook (model, task, token estimate), the model lookup
+ * (ids and aliases), then submission with the deadline and cancel-on-close.
+ * in is the Workers AI input as JSON (borrowed) and body/blen the same as
+ * text, which is what the plugin gets. oai (owned, freed here on every path)
+ * is the OpenAI request being served, or NULL for /ai/run.
+ */
+static void run_inference(op_http_req *r, op_runtime *rt, const op_config_account *acct,
+                          const char *model_id, json_t *in, const char *body, size_t blen,
+                          op_openai_req *oai)
+{
     char target[256];
     snprintf(target, sizeof target, "%s", model_id);
     const op_runtime_model *m = op_runtime_find_model(rt, target);
@@ -611,17 +770,17 @@ static void handle_ai_run(op_http_req *r, op_runtime *rt, const op_config_accoun
             .n_headers = hv.n,
             .body_json = body,
             .body_len = blen,
-            .tokens_estimate = estimate_tokens(in),
+            .tokens_estimate = tokens_for_policy(m, in, body, blen),
         };
         op_route_decision d;
         op_policy_status st = op_policy_route(rt->policies, &pr, &d);
         if (st != OP_POLICY_OK) {
-            json_decref(in);
+            free(oai);
             respond_error(r, 500, OP_API_ERR_POLICY_FAILED, d.message);
             return;
         }
         if (d.action == OP_ROUTE_REJECT) {
-            json_decref(in);
+            free(oai);
             respond_error(r, d.status >= 400 && d.status <= 599 ? d.status : 403,
                           OP_API_ERR_POLICY_REJECT, d.message);
             return;
@@ -633,14 +792,14 @@ static void handle_ai_run(op_http_req *r, op_runtime *rt, const op_config_accoun
     }
 
     if (!m) {
-        json_decref(in);
+        free(oai);
         char msg[384];
         snprintf(msg, sizeof msg, "No such model %s", target);
         respond_error(r, 404, OP_API_ERR_NO_MODEL, msg);
         return;
     }
     if (!m->model) {
-        json_decref(in);
+        free(oai);
         char msg[768];
         snprintf(msg, sizeof msg, "model %s is not available: %s", target,
                  m->load_error ? m->load_error : "not loaded");
@@ -648,11 +807,15 @@ static void handle_ai_run(op_http_req *r, op_runtime *rt, const op_config_accoun
         respond_error(r, 503, OP_API_ERR_MODEL_UNAVAILABLE, msg);
         return;
     }
-    bool stream = json_is_true(json_object_get(in, "stream"));
-    json_decref(in);
+    if (oai && !openai_model_fits(r, oai, m, target)) {
+        free(oai);
+        return;
+    }
+    bool stream = oai ? oai->stream : json_is_true(json_object_get(in, "stream"));
 
     api_call *c = calloc(1, sizeof *c);
     if (!c) {
+        free(oai);
         respond_error(r, 500, OP_API_ERR_INFERENCE, "out of memory");
         return;
     }
@@ -663,6 +826,7 @@ static void handle_ai_run(op_http_req *r, op_runtime *rt, const op_config_accoun
     c->rt = rt;
     atomic_fetch_add(&rt->refs, 1);
     c->stream = stream;
+    c->oai = oai;
     int timeout = rt->cfg->server.request_timeout_s;
     c->deadline_ns = timeout > 0 ? pl_time_mono_ns() + (uint64_t)timeout * 1000000000ull : 0;
     atomic_fetch_add(&g_calls_n, 1);
@@ -698,6 +862,76 @@ static void handle_ai_run(op_http_req *r, op_runtime *rt, const op_config_accoun
         pthread_mutex_unlock(&g_calls_mu);
     }
     call_unref(c); /* this function's reference */
+}
+
+/* Parses the request body as a JSON object, or answers 400 and returns
+ * NULL. */
+static json_t *body_object(op_http_req *r, const char **body, size_t *blen)
+{
+    *body = op_http_req_body(r, blen);
+    json_error_t jerr;
+    json_t *in = json_loadb(*body, *blen, 0, &jerr);
+    if (in && json_is_object(in))
+        return in;
+    char msg[256];
+    if (!in)
+        snprintf(msg, sizeof msg, "request body is not valid JSON: %s (line %d, column %d)",
+                 jerr.text, jerr.line, jerr.column);
+    else
+        snprintf(msg, sizeof msg, "request body must be a JSON object");
+    json_decref(in);
+    respond_error(r, 400, OP_API_ERR_INVALID_INPUT, msg);
+    return NULL;
+}
+
+static void handle_ai_run(op_http_req *r, op_runtime *rt, const op_config_account *acct,
+                          const char *model_id)
+{
+    const char *body;
+    size_t blen;
+    json_t *in = body_object(r, &body, &blen);
+    if (!in)
+        return;
+    run_inference(r, rt, acct, model_id, in, body, blen, NULL);
+    json_decref(in);
+}
+
+/* POST /v1/chat/completions, /v1/completions, /v1/embeddings: translate to
+ * the Workers AI input, then the same path as /ai/run. */
+static void handle_openai(op_http_req *r, op_runtime *rt, const op_config_account *acct,
+                          op_openai_kind kind)
+{
+    const char *raw;
+    size_t rawlen;
+    json_t *in = body_object(r, &raw, &rawlen);
+    if (!in)
+        return;
+    op_openai_req *oai = malloc(sizeof *oai);
+    if (!oai) {
+        json_decref(in);
+        respond_error(r, 500, OP_API_ERR_INFERENCE, "out of memory");
+        return;
+    }
+    op_openai_error e;
+    json_t *wai = op_openai_translate(kind, in, oai, &e);
+    json_decref(in);
+    if (!wai) {
+        free(oai);
+        respond_openai(r, &e);
+        return;
+    }
+    char *body = json_dumps(wai, JSON_COMPACT);
+    if (!body) {
+        json_decref(wai);
+        free(oai);
+        respond_error(r, 500, OP_API_ERR_INFERENCE, "out of memory");
+        return;
+    }
+    char model[OP_OPENAI_MODEL_MAX];
+    memcpy(model, oai->model, sizeof model);
+    run_inference(r, rt, acct, model, wai, body, strlen(body), oai);
+    free(body);
+    json_decref(wai);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -753,8 +987,33 @@ static void route_api(op_http_req *r, op_runtime *rt)
         handle_ai_run(r, rt, acct, sub + 8);
         return;
     }
-    if ((!scoped && strcmp(path, "/v1/models") == 0) ||
-        (scoped && strcmp(sub, "/ai/v1/models") == 0)) {
+    /* The OpenAI-compatible endpoints: /v1/X and .../ai/v1/X. */
+    const char *v1 = !scoped && strncmp(path, "/v1/", 4) == 0   ? path + 3
+                     : scoped && strncmp(sub, "/ai/v1/", 7) == 0 ? sub + 6
+                                                                 : NULL;
+    static const struct {
+        const char *path;
+        const char *route;
+        op_openai_kind kind;
+    } openai_routes[] = {
+        {"/chat/completions", "openai_chat", OP_OPENAI_CHAT},
+        {"/completions", "openai_completions", OP_OPENAI_COMPLETIONS},
+        {"/embeddings", "openai_embeddings", OP_OPENAI_EMBEDDINGS},
+    };
+    for (size_t i = 0; v1 && i < sizeof openai_routes / sizeof openai_routes[0]; i++) {
+        if (strcmp(v1, openai_routes[i].path) != 0)
+            continue;
+        op_http_req_set_route(r, openai_routes[i].route);
+        if (!is_post(r)) {
+            method_not_allowed(r, "POST");
+            return;
+        }
+        const op_config_account *acct = authenticate(r, rt, scoped ? account : NULL);
+        if (acct)
+            handle_openai(r, rt, acct, openai_routes[i].kind);
+        return;
+    }
+    if (v1 && strcmp(v1, "/models") == 0) {
         op_http_req_set_route(r, "models");
         if (!is_get(r)) {
             method_not_allowed(r, "GET");

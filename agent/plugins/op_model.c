@@ -11,7 +11,9 @@
 #include "plugins/op_plugins_internal.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +79,95 @@ static void model_metrics(op_model *m)
                             "Inference request time from submit to completion.", model_only,
                             NULL, 0),
         m->id);
+}
+
+/* The series of host->model_metric(), by outpost_model_metric id. Buckets
+ * are chosen per quantity: batch sizes in powers of two, time to first
+ * token from a millisecond to a minute, inter-token latency in milliseconds
+ * up to two seconds. Names and meaning: docs/metrics.md. */
+static const double BATCH_BUCKETS[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+static const double TTFT_BUCKETS[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                      0.5,   1,      2.5,   5,    10,    30,   60};
+static const double ITL_BUCKETS[] = {0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02,
+                                     0.025, 0.03,   0.04,  0.05,   0.075, 0.1, 0.15,
+                                     0.2,   0.3,    0.5,   0.75,   1,     2};
+
+typedef struct plugin_metric_def {
+    outpost_model_metric id;
+    op_metric_type type;
+    const char *name;
+    const char *help;
+    const double *buckets; /* histograms; NULL = the default seconds buckets */
+    size_t n_buckets;
+} plugin_metric_def;
+
+#define NB(a) (sizeof(a) / sizeof((a)[0]))
+static const plugin_metric_def PLUGIN_METRICS[] = {
+    {OUTPOST_METRIC_QUEUE_DEPTH, OP_METRIC_GAUGE, "outpost_inference_queue_depth",
+     "Requests accepted by the model's plugin and waiting to start, as it last reported.", NULL,
+     0},
+    {OUTPOST_METRIC_RUNNING, OP_METRIC_GAUGE, "outpost_inference_running",
+     "Requests the model's plugin is computing now, as it last reported.", NULL, 0},
+    {OUTPOST_METRIC_KV_USED_TOKENS, OP_METRIC_GAUGE, "outpost_llm_kv_cache_used_tokens",
+     "KV cache positions in use or reserved, as the plugin last reported.", NULL, 0},
+    {OUTPOST_METRIC_KV_CAPACITY_TOKENS, OP_METRIC_GAUGE, "outpost_llm_kv_cache_capacity_tokens",
+     "KV cache positions in all, as the plugin last reported.", NULL, 0},
+    {OUTPOST_METRIC_BATCH_SIZE, OP_METRIC_HISTOGRAM, "outpost_inference_batch_size",
+     "Requests computed together in one step of the model.", BATCH_BUCKETS, NB(BATCH_BUCKETS)},
+    {OUTPOST_METRIC_QUEUE_WAIT_SECONDS, OP_METRIC_HISTOGRAM,
+     "outpost_inference_queue_wait_seconds",
+     "Time from submit to the start of a request's computation.", NULL, 0},
+    {OUTPOST_METRIC_TTFT_SECONDS, OP_METRIC_HISTOGRAM, "outpost_llm_time_to_first_token_seconds",
+     "Time from submit to a request's first generated token.", TTFT_BUCKETS, NB(TTFT_BUCKETS)},
+    {OUTPOST_METRIC_ITL_SECONDS, OP_METRIC_HISTOGRAM, "outpost_llm_inter_token_latency_seconds",
+     "Time between two generated tokens of one request.", ITL_BUCKETS, NB(ITL_BUCKETS)},
+    {OUTPOST_METRIC_PROMPT_TOKENS, OP_METRIC_COUNTER, "outpost_inference_prompt_tokens_total",
+     "Input tokens processed (prompts, texts embedded).", NULL, 0},
+    {OUTPOST_METRIC_GENERATED_TOKENS, OP_METRIC_COUNTER, "outpost_llm_generated_tokens_total",
+     "Output tokens generated.", NULL, 0},
+};
+#undef NB
+
+/* Caches m's children of every model_metric() family. Runs before the
+ * plugin's model_load(), which may already report (the KV capacity). */
+static void plugin_metrics(op_model *m)
+{
+    static const char *const model_only[] = {"model", NULL};
+    for (size_t i = 0; i < sizeof(PLUGIN_METRICS) / sizeof(PLUGIN_METRICS[0]); i++) {
+        const plugin_metric_def *d = &PLUGIN_METRICS[i];
+        op_metric *f = NULL;
+        switch (d->type) {
+        case OP_METRIC_GAUGE: f = op_metric_gauge(d->name, d->help, model_only); break;
+        case OP_METRIC_COUNTER: f = op_metric_counter(d->name, d->help, model_only); break;
+        case OP_METRIC_HISTOGRAM:
+            f = op_metric_histogram(d->name, d->help, model_only, d->buckets, d->n_buckets);
+            break;
+        }
+        m->m_plugin[d->id] = op_metric_with(f, m->id);
+    }
+}
+
+void op_host_model_metric(outpost_host_model *hm, outpost_model_metric metric, double value)
+{
+    /* Every reported quantity is a finite count or duration >= 0: anything
+     * else is a plugin bug that must not poison a series (a NaN or an
+     * infinity in a histogram's _sum stays there for good). */
+    if (!hm || (int)metric < 1 || (int)metric > OP_MODEL_METRIC_MAX || !isfinite(value) ||
+        value < 0)
+        return;
+    op_metric_child *c = ((op_model *)(void *)hm)->m_plugin[metric];
+    switch (metric) {
+    case OUTPOST_METRIC_QUEUE_DEPTH:
+    case OUTPOST_METRIC_RUNNING:
+    case OUTPOST_METRIC_KV_USED_TOKENS:
+    case OUTPOST_METRIC_KV_CAPACITY_TOKENS: op_gauge_set(c, value); break;
+    case OUTPOST_METRIC_BATCH_SIZE:
+    case OUTPOST_METRIC_QUEUE_WAIT_SECONDS:
+    case OUTPOST_METRIC_TTFT_SECONDS:
+    case OUTPOST_METRIC_ITL_SECONDS: op_histogram_observe(c, value); break;
+    case OUTPOST_METRIC_PROMPT_TOKENS:
+    case OUTPOST_METRIC_GENERATED_TOKENS: op_counter_add(c, value); break;
+    }
 }
 
 /* ======================================================================== */
@@ -147,6 +238,8 @@ int op_model_load(op_plugin_set *set, const op_config_model *cfg, int cpu_thread
         .threads = cpu_threads,
         .name = "cpu",
     };
+    /* The plugin may report metrics from inside model_load(). */
+    plugin_metrics(m);
     outpost_model_config mc = {
         .struct_size = (uint32_t)sizeof(mc),
         .id = cfg->id,
@@ -154,6 +247,7 @@ int op_model_load(op_plugin_set *set, const op_config_model *cfg, int cpu_thread
         .path = cfg->path,
         .options = opts,
         .n_options = cfg->n_options,
+        .host_model = (outpost_host_model *)(void *)m,
     };
     outpost_model_info info;
     memset(&info, 0, sizeof(info));
@@ -234,6 +328,17 @@ const char *op_model_plugin_name(const op_model *m)
 const outpost_model_info *op_model_info(const op_model *m)
 {
     return &m->info;
+}
+
+int op_model_count_tokens(op_model *m, const char *body, size_t len, long long *tokens)
+{
+    if (!m || !body || !tokens || !m->plugin->count_tokens)
+        return -1;
+    int64_t n = -1;
+    if (m->plugin->count_tokens(m->pm, body, len, &n) != 0 || n < 0)
+        return -1;
+    *tokens = (long long)n;
+    return 0;
 }
 
 /* ======================================================================== */
@@ -439,14 +544,43 @@ int op_req_emit(outpost_request *req, const char *text, size_t len)
                      "request_emit() with NULL text");
         return -1;
     }
-    op_plugins_in_host_call++;
-    int rc = r->cb.on_emit(r->cb.ctx, text, len);
-    op_plugins_in_host_call--;
+    /* Hand on whole UTF-8 sequences only; a token is a few bytes, so the
+     * stack buffer is the rule and malloc the exception. */
+    char small[256];
+    size_t cap = len > SIZE_MAX / 4 ? 0 : OP_UTF8_STREAM_CAP(len);
+    char *buf = cap && cap <= sizeof(small) ? small : (cap ? malloc(cap) : NULL);
+    if (!buf) {
+        PL_LOG_ERROR("inference.emit_failed", "model", r->model ? r->model->id : "?", "msg",
+                     "out of memory");
+        atomic_store(&r->cancelled, true);
+        return -1;
+    }
+    size_t n = op_utf8_stream(&r->utf8_tail, text, len, false, buf);
+    int rc = 0;
+    if (n > 0) {
+        op_plugins_in_host_call++;
+        rc = r->cb.on_emit(r->cb.ctx, buf, n);
+        op_plugins_in_host_call--;
+    }
+    if (buf != small)
+        free(buf);
     if (rc != 0) {
         atomic_store(&r->cancelled, true);
         return -1;
     }
     return 0;
+}
+
+/* A stream that ends inside a UTF-8 sequence: what was held back can no
+ * longer be completed, so the client gets U+FFFD for it. */
+static void flush_utf8_tail(op_infer *r)
+{
+    if (!r->stream || !r->cb.on_emit || r->utf8_tail.n == 0 || atomic_load(&r->cancelled))
+        return;
+    char buf[OP_UTF8_STREAM_CAP(0)];
+    size_t n = op_utf8_stream(&r->utf8_tail, NULL, 0, true, buf);
+    if (n > 0)
+        r->cb.on_emit(r->cb.ctx, buf, n);
 }
 
 /* Turns what the plugin gave into (code, message, NUL-terminated result). */
@@ -513,6 +647,8 @@ void op_req_complete(outpost_request *req, const char *result_json, size_t len,
     char *result = NULL;
     int code = completion_outcome(r, result_json, len, err, &message, &result);
     op_model *m = r->model;
+    if (code == 0)
+        flush_utf8_tail(r);
     /* Metrics first: whoever sees the completion sees it counted. */
     finish_metrics(m, code, r->start_ns);
     r->cb.on_complete(r->cb.ctx, code ? NULL : result, code ? 0 : len, code, message);

@@ -17,6 +17,9 @@
 #include "platform/pl_log.h"
 
 #define OP_PLUGIN_NAME_MAX 64
+/* sizeof(outpost_plugin) at minor 1: up to and including count_tokens. */
+#define OP_PLUGIN_SIZE_V1_1 \
+    (offsetof(outpost_plugin, count_tokens) + sizeof(((outpost_plugin *)0)->count_tokens))
 #define OP_ERROR_MESSAGE_MAX 4096
 
 /* ======================================================================== */
@@ -127,6 +130,8 @@ void op_host_table_init(op_host_table *t, op_plugin *p)
     a->request_user = op_req_user;
     a->request_emit = op_req_emit;
     a->request_complete = op_req_complete;
+    /* minor 1 */
+    a->model_metric = op_host_model_metric;
 }
 
 /* ======================================================================== */
@@ -434,6 +439,10 @@ static int load_one(op_plugin_set *set, const char *path)
     p->set = set;
     p->handle = h;
     p->desc = d;
+    /* Optional minor-1 entry: only where the plugin says it has it, and
+     * only as far as its descriptor reaches. */
+    if (d->abi_minor >= 1 && d->struct_size >= OP_PLUGIN_SIZE_V1_1)
+        p->count_tokens = d->count_tokens;
     op_host_table_init(&p->host, p);
 
     outpost_error *e = d->init(&p->host.api, &p->state);

@@ -41,7 +41,20 @@
  * outpost_models_loaded, outpost_inference_requests_total{model,code} (code is
  * op_error_code_name(): "ok", "invalid_argument", ...; requests refused at
  * submit count too), outpost_inference_in_flight{model},
- * outpost_inference_duration_seconds{model} (submit to completion).
+ * outpost_inference_duration_seconds{model} (submit to completion); and the
+ * series plugins report through host->model_metric() (ABI minor 1), each
+ * labelled {model}: outpost_inference_queue_depth, outpost_inference_running,
+ * outpost_llm_kv_cache_used_tokens, outpost_llm_kv_cache_capacity_tokens
+ * (gauges), outpost_inference_batch_size, outpost_inference_queue_wait_seconds,
+ * outpost_llm_time_to_first_token_seconds,
+ * outpost_llm_inter_token_latency_seconds (histograms),
+ * outpost_inference_prompt_tokens_total, outpost_llm_generated_tokens_total
+ * (counters). Reports with an unknown id, or a value that is negative, NaN
+ * or infinite, are dropped.
+ *
+ * Streaming: pieces reach on_emit as whole UTF-8 sequences (op_utf8.h); a
+ * sequence a plugin cut between two emits is held back and handed on with
+ * the next piece.
  */
 #ifndef OP_PLUGINS_H
 #define OP_PLUGINS_H
@@ -137,6 +150,13 @@ const char *op_model_plugin_name(const op_model *m);
  * the plugin's (may be NULL). Strings are owned by the model. */
 const outpost_model_info *op_model_info(const op_model *m);
 
+/* The plugin's count of input tokens for body (a request input as submit()
+ * would get it), through its optional count_tokens entry (ABI minor 1).
+ * Returns 0 with *tokens set, or -1 when the plugin has no such entry or
+ * cannot tell (the caller then estimates). Thread-safe; runs the plugin's
+ * code on the calling thread. */
+int op_model_count_tokens(op_model *m, const char *body, size_t len, long long *tokens);
+
 /* ------------------------------------------------------------------------ */
 /* Inference requests                                                        */
 /* ------------------------------------------------------------------------ */
@@ -145,7 +165,9 @@ typedef struct op_infer op_infer; /* one inference request */
 
 typedef struct op_infer_callbacks {
     void *ctx;
-    /* A piece of streamed text (not NUL-terminated, valid during the call);
+    /* A piece of streamed text, valid UTF-8 (a sequence cut by the plugin
+     * comes whole with the next piece; bytes that are not UTF-8 arrive as
+     * U+FFFD), not NUL-terminated, valid during the call;
      * return 0, or -1 if the client is gone (the request is then marked
      * cancelled and the plugin told to stop). Only for stream requests; may
      * be NULL. Calls for one request never overlap. */

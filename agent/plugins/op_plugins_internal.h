@@ -13,6 +13,7 @@
 
 #include "metrics/op_metrics.h"
 #include "plugins/op_plugins.h"
+#include "plugins/op_utf8.h"
 
 /* A teardown deferred to the reaper thread (see op_plugins.h, Threading). */
 typedef struct op_reap_node {
@@ -34,6 +35,10 @@ struct op_plugin {
     outpost_plugin_state *state;  /* from init() */
     char *path;
     op_host_table host;
+    /* Optional entries past minor 0, read once at load: NULL when the
+     * plugin's abi_minor or struct_size does not cover them (never read a
+     * descriptor field past its struct_size: it is not the plugin's). */
+    int (*count_tokens)(outpost_model *model, const char *body, size_t len, int64_t *tokens);
 };
 
 struct op_plugin_set {
@@ -47,6 +52,11 @@ struct op_plugin_set {
 
 struct op_error_obj;
 
+/* The per-model series behind host->model_metric() (ABI minor 1), indexed
+ * by outpost_model_metric; children cached at load so a report is one
+ * atomic update. Slot 0 and ids past OP_MODEL_METRIC_MAX are unused. */
+#define OP_MODEL_METRIC_MAX OUTPOST_METRIC_GENERATED_TOKENS
+
 struct op_model {
     atomic_int refs;
     op_plugin_set *set;           /* a ref */
@@ -59,8 +69,12 @@ struct op_model {
     op_metric_child *m_requests[9]; /* outpost_inference_requests_total{model,code 0..8} */
     op_metric_child *m_in_flight;
     op_metric_child *m_duration;
+    op_metric_child *m_plugin[OP_MODEL_METRIC_MAX + 1]; /* model_metric() series */
     op_reap_node reap;
 };
+
+/* outpost_host_model is never defined: the handle a plugin gets in
+ * outpost_model_config.host_model is the op_model itself. */
 
 /* The host's outpost_request is an op_infer: the handle the plugin sees is a
  * cast of this struct's address. */
@@ -80,6 +94,10 @@ struct op_infer {
     op_infer_callbacks cb;
     void *user;                   /* request_set_user() */
     uint64_t start_ns;
+    /* Streamed text is handed on only in whole UTF-8 sequences: the start
+     * of a sequence cut at the end of a piece waits here for the rest
+     * (op_utf8.h). Touched only by emit/complete, which never overlap. */
+    op_utf8_tail utf8_tail;
 };
 
 /* Fills a per-plugin host API table (op_plugins.c). */
@@ -113,5 +131,7 @@ void *op_req_user(const outpost_request *req);
 int op_req_emit(outpost_request *req, const char *text, size_t len);
 void op_req_complete(outpost_request *req, const char *result_json, size_t len,
                      outpost_error *err);
+/* host->model_metric (op_model.c). */
+void op_host_model_metric(outpost_host_model *hm, outpost_model_metric metric, double value);
 
 #endif

@@ -5,17 +5,39 @@
  * every request on one worker thread per model instance fed by a bounded
  * queue, and honours cancellation between words. Test-only: never shipped.
  *
+ * It also exercises ABI minor 1: it reports every outpost_model_metric
+ * through host->model_metric() (queue depth, running, KV cache, batch size,
+ * queue wait, time to first token, inter-token latency, token counters) and
+ * provides count_tokens (the words the request would echo, which is also
+ * its usage.prompt_tokens). Results carry Outpost's extensions: usage on
+ * embeddings, finish_reason ("length" when max_tokens cut the echo) on
+ * generations.
+ *
+ * Built twice: echo.so at the current ABI, and with ECHO_ABI_V0 as
+ * echo_v0.so, a plugin as minor 0 built it (abi_minor 0, the minor-0
+ * descriptor size, no count_tokens, no model_metric), to prove old plugins
+ * still load and serve.
+ *
  * Model options (all optional):
- *   delay_ms   per generated word, so tests can cancel mid-stream (default 0)
- *   max_queue  queued requests before RESOURCE_EXHAUSTED (default 64)
- *   misbehave  host robustness tests; completes inside submit() on the
- *              caller's thread: "double_complete" (completes twice),
- *              "emit_after_complete", "bad_json", "no_result"
+ *   delay_ms    per generated word, so tests can cancel mid-stream (default 0)
+ *   max_queue   queued requests before RESOURCE_EXHAUSTED (default 64)
+ *   dimensions  embedding width (default 4)
+ *   hide_dimensions  1: report 0 (unknown) dimensions in the model info
+ *   reflect     1: generate the request input itself (the JSON the host
+ *               submitted, as one piece), so tests see what the host sent
+ *   split_utf8  1: emit every streamed piece one byte at a time, cutting
+ *               multi-byte characters, as a byte-level tokenizer does
+ *   cut_utf8_end 1: end every stream with a lone UTF-8 lead byte (0xC3)
+ *               that nothing completes
+ *   misbehave   host robustness tests; completes inside submit() on the
+ *               caller's thread: "double_complete" (completes twice),
+ *               "emit_after_complete", "bad_json", "no_result"
  */
 #include <errno.h>
 #include <stdarg.h>
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -27,6 +49,13 @@
 #include "outpost/plugin.h"
 
 #define ECHO_DIM 4
+#define ECHO_CONTEXT 4096
+
+#ifdef ECHO_ABI_V0
+#define ECHO_NAME "echo_v0"
+#else
+#define ECHO_NAME "echo"
+#endif
 
 /* One plugin, one host table: the plugin keeps it where every model sees it. */
 struct outpost_plugin_state {
@@ -37,6 +66,7 @@ typedef struct echo_item {
     struct echo_item *next;
     outpost_request *req;
     bool cancelled; /* cancel() arrived while queued */
+    uint64_t submit_ns;
 } echo_item;
 
 typedef enum echo_misbehave {
@@ -49,9 +79,15 @@ typedef enum echo_misbehave {
 
 struct outpost_model {
     const outpost_host_api *host;
+    outpost_host_model *hm;     /* NULL when the host is older than minor 1 */
     bool embeddings;            /* task */
     long delay_ms;
     long max_queue;
+    long dimensions;
+    bool hide_dimensions;
+    bool reflect;
+    bool split_utf8;
+    bool cut_utf8_end;
     echo_misbehave misbehave;
 
     pthread_mutex_t mu;
@@ -80,6 +116,35 @@ static outpost_error *errorf(const outpost_host_api *h, outpost_error_code code,
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     return h->error_new(code, msg);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* One model_metric() report, if the host has the function (minor 1). */
+static void report(outpost_model *m, outpost_model_metric metric, double value)
+{
+#ifdef ECHO_ABI_V0
+    (void)m, (void)metric, (void)value;
+#else
+    if (m->hm)
+        m->host->model_metric(m->hm, metric, value);
+#endif
+}
+
+/* Streams one piece; with split_utf8, one byte per call. */
+static int emit(outpost_model *m, outpost_request *req, const char *text, size_t n)
+{
+    if (!m->split_utf8)
+        return m->host->request_emit(req, text, n);
+    for (size_t i = 0; i < n; i++)
+        if (m->host->request_emit(req, text + i, 1) != 0)
+            return -1;
+    return 0;
 }
 
 static void complete_json(outpost_model *m, outpost_request *req, json_t *result)
@@ -192,7 +257,28 @@ static long count_words(const char *s)
     return n;
 }
 
-static void run_generation(outpost_model *m, outpost_request *req, json_t *in)
+/* reflect: the whole input, as the host submitted it, is the response. */
+static void run_reflect(outpost_model *m, outpost_request *req)
+{
+    const outpost_host_api *h = m->host;
+    size_t len;
+    const char *body = h->request_body(req, &len);
+    if (h->request_stream(req) && emit(m, req, body, len) != 0) {
+        complete_error(m, req, h->error_new(OUTPOST_ERR_CANCELLED, "request cancelled"));
+        return;
+    }
+    json_t *result = json_pack("{s:s%, s:{s:i, s:i, s:i}, s:s}", "response", body, len, "usage",
+                               "prompt_tokens", 1, "completion_tokens", 1, "total_tokens", 2,
+                               "finish_reason", "stop");
+    if (!result) {
+        complete_error(m, req, h->error_new(OUTPOST_ERR_INTERNAL, "out of memory"));
+        return;
+    }
+    complete_json(m, req, result);
+}
+
+static void run_generation(outpost_model *m, outpost_request *req, json_t *in,
+                           uint64_t submit_ns)
 {
     const outpost_host_api *h = m->host;
     const char *text = NULL;
@@ -202,6 +288,14 @@ static void run_generation(outpost_model *m, outpost_request *req, json_t *in)
         complete_error(m, req, e);
         return;
     }
+    if (m->reflect) {
+        run_reflect(m, req);
+        return;
+    }
+    long prompt_tokens = count_words(text);
+    report(m, OUTPOST_METRIC_PROMPT_TOKENS, (double)prompt_tokens);
+    report(m, OUTPOST_METRIC_KV_USED_TOKENS, (double)prompt_tokens);
+    uint64_t last_ns = 0;
     int stream = h->request_stream(req);
     size_t cap = strlen(text) + 1;
     char *response = malloc(cap);
@@ -235,15 +329,30 @@ static void run_generation(outpost_model *m, outpost_request *req, json_t *in)
         memcpy(response + used, piece, n);
         used += n;
         generated++;
-        if (stream && h->request_emit(req, piece, n) != 0)
+        /* One decode step: a batch of one, a token, its latency. */
+        uint64_t t = now_ns();
+        report(m, OUTPOST_METRIC_BATCH_SIZE, 1);
+        report(m, OUTPOST_METRIC_GENERATED_TOKENS, 1);
+        report(m, OUTPOST_METRIC_KV_USED_TOKENS, (double)(prompt_tokens + generated));
+        if (generated == 1)
+            report(m, OUTPOST_METRIC_TTFT_SECONDS, (double)(t - submit_ns) / 1e9);
+        else
+            report(m, OUTPOST_METRIC_ITL_SECONDS, (double)(t - last_ns) / 1e9);
+        last_ns = t;
+        if (stream && emit(m, req, piece, n) != 0)
             goto cancelled;
     }
+    /* Stopped by max_tokens with words left: "length", as OpenAI says it. */
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    const char *finish = *p ? "length" : "stop";
+    if (stream && m->cut_utf8_end && h->request_emit(req, "\xc3", 1) != 0)
+        goto cancelled;
     response[used] = '\0';
-    long prompt_tokens = count_words(text);
-    json_t *result = json_pack("{s:s, s:{s:I, s:I, s:I}}", "response", response, "usage",
+    json_t *result = json_pack("{s:s, s:{s:I, s:I, s:I}, s:s}", "response", response, "usage",
                                "prompt_tokens", (json_int_t)prompt_tokens, "completion_tokens",
                                (json_int_t)generated, "total_tokens",
-                               (json_int_t)(prompt_tokens + generated));
+                               (json_int_t)(prompt_tokens + generated), "finish_reason", finish);
     free(response);
     free(piece);
     if (!result) {
@@ -272,18 +381,20 @@ static uint64_t fnv1a(const char *s, uint64_t seed)
     return h;
 }
 
-/* A unit vector that depends only on the text. */
-static json_t *embed(const char *text)
+/* A unit vector of dim values that depends only on the text. */
+static json_t *embed(const char *text, long dim)
 {
-    double v[ECHO_DIM], norm = 0;
-    for (int i = 0; i < ECHO_DIM; i++) {
-        v[i] = (double)(fnv1a(text, (uint64_t)i * 0x9E3779B97F4A7C15ULL) % 2001) / 1000.0 - 1.0;
-        norm += v[i] * v[i];
+    double norm = 0;
+    for (long i = 0; i < dim; i++) {
+        double v = (double)(fnv1a(text, (uint64_t)i * 0x9E3779B97F4A7C15ULL) % 2001) / 1000.0 - 1.0;
+        norm += v * v;
     }
     norm = norm > 0 ? sqrt(norm) : 1;
     json_t *row = json_array();
-    for (int i = 0; i < ECHO_DIM; i++)
-        json_array_append_new(row, json_real(v[i] / norm));
+    for (long i = 0; i < dim; i++) {
+        double v = (double)(fnv1a(text, (uint64_t)i * 0x9E3779B97F4A7C15ULL) % 2001) / 1000.0 - 1.0;
+        json_array_append_new(row, json_real(v / norm));
+    }
     return row;
 }
 
@@ -306,6 +417,7 @@ static void run_embeddings(outpost_model *m, outpost_request *req, json_t *in)
     json_t *data = json_array();
     size_t i;
     json_t *t;
+    long tokens = 0;
     json_array_foreach(texts, i, t) {
         if (!json_is_string(t)) {
             json_decref(data);
@@ -314,10 +426,15 @@ static void run_embeddings(outpost_model *m, outpost_request *req, json_t *in)
                            errorf(h, OUTPOST_ERR_INVALID_ARGUMENT, "'text[%zu]' must be a string", i));
             return;
         }
-        json_array_append_new(data, embed(json_string_value(t)));
+        json_array_append_new(data, embed(json_string_value(t), m->dimensions));
+        tokens += count_words(json_string_value(t));
     }
-    json_t *result = json_pack("{s:[I,I], s:o, s:s}", "shape", (json_int_t)json_array_size(texts),
-                               (json_int_t)ECHO_DIM, "data", data, "pooling", "mean");
+    report(m, OUTPOST_METRIC_BATCH_SIZE, (double)json_array_size(texts));
+    report(m, OUTPOST_METRIC_PROMPT_TOKENS, (double)tokens);
+    json_t *result = json_pack("{s:[I,I], s:o, s:s, s:{s:I, s:I}}", "shape",
+                               (json_int_t)json_array_size(texts), (json_int_t)m->dimensions,
+                               "data", data, "pooling", "mean", "usage", "prompt_tokens",
+                               (json_int_t)tokens, "total_tokens", (json_int_t)tokens);
     json_decref(texts);
     if (!result) {
         complete_error(m, req, h->error_new(OUTPOST_ERR_INTERNAL, "out of memory"));
@@ -330,7 +447,8 @@ static void run_embeddings(outpost_model *m, outpost_request *req, json_t *in)
 /* Worker                                                                    */
 /* ======================================================================== */
 
-static void run_request(outpost_model *m, outpost_request *req, bool cancelled_in_queue)
+static void run_request(outpost_model *m, outpost_request *req, bool cancelled_in_queue,
+                        uint64_t submit_ns)
 {
     if (cancelled_in_queue || m->host->request_cancelled(req)) {
         complete_error(m, req, m->host->error_new(OUTPOST_ERR_CANCELLED, "request cancelled"));
@@ -349,7 +467,7 @@ static void run_request(outpost_model *m, outpost_request *req, bool cancelled_i
     if (m->embeddings)
         run_embeddings(m, req, in);
     else
-        run_generation(m, req, in);
+        run_generation(m, req, in, submit_ns);
     json_decref(in);
 }
 
@@ -369,9 +487,14 @@ static void *worker_main(void *arg)
         m->queued--;
         m->current = it->req;
         m->current_cancelled = false;
+        report(m, OUTPOST_METRIC_QUEUE_DEPTH, (double)m->queued);
         pthread_mutex_unlock(&m->mu);
 
-        run_request(m, it->req, it->cancelled);
+        report(m, OUTPOST_METRIC_RUNNING, 1);
+        report(m, OUTPOST_METRIC_QUEUE_WAIT_SECONDS, (double)(now_ns() - it->submit_ns) / 1e9);
+        run_request(m, it->req, it->cancelled, it->submit_ns);
+        report(m, OUTPOST_METRIC_RUNNING, 0);
+        report(m, OUTPOST_METRIC_KV_USED_TOKENS, 0);
         free(it);
 
         pthread_mutex_lock(&m->mu);
@@ -424,6 +547,23 @@ static outpost_error *parse_options(const outpost_host_api *h, const outpost_mod
             e = parse_long(h, o, 0, &m->delay_ms);
         } else if (strcmp(o->key, "max_queue") == 0) {
             e = parse_long(h, o, 1, &m->max_queue);
+        } else if (strcmp(o->key, "dimensions") == 0) {
+            e = parse_long(h, o, 1, &m->dimensions);
+            if (!e && m->dimensions > 4096)
+                e = errorf(h, OUTPOST_ERR_INVALID_ARGUMENT, "option 'dimensions' must be <= 4096");
+        } else if (strcmp(o->key, "hide_dimensions") == 0 || strcmp(o->key, "reflect") == 0 ||
+                   strcmp(o->key, "split_utf8") == 0 || strcmp(o->key, "cut_utf8_end") == 0) {
+            long v = 0;
+            e = parse_long(h, o, 0, &v);
+            bool on = v != 0;
+            if (o->key[0] == 'h')
+                m->hide_dimensions = on;
+            else if (o->key[0] == 'r')
+                m->reflect = on;
+            else if (o->key[0] == 's')
+                m->split_utf8 = on;
+            else
+                m->cut_utf8_end = on;
         } else if (strcmp(o->key, "misbehave") == 0) {
             static const char *const modes[] = {"", "double_complete", "emit_after_complete",
                                                 "bad_json", "no_result"};
@@ -437,7 +577,10 @@ static outpost_error *parse_options(const outpost_host_api *h, const outpost_mod
                            o->value ? o->value : "");
         } else {
             e = errorf(h, OUTPOST_ERR_INVALID_ARGUMENT,
-                       "unknown option '%s' (echo supports delay_ms, max_queue, misbehave)", o->key);
+                       /* The test options (dimensions, reflect, ...) stay out of
+                        * the message: tests/unit/test_plugins.c checks it. */
+                       "unknown option '%s' (echo supports delay_ms, max_queue, misbehave)",
+                       o->key);
         }
         if (e)
             return e;
@@ -458,6 +601,15 @@ static outpost_error *echo_model_load(outpost_plugin_state *state, const outpost
     m->host = h;
     m->embeddings = strcmp(cfg->task, OUTPOST_TASK_TEXT_EMBEDDINGS) == 0;
     m->max_queue = 64;
+    m->dimensions = ECHO_DIM;
+#ifndef ECHO_ABI_V0
+    /* Both sides must know minor 1: the host's table has model_metric and
+     * its config has host_model. */
+    if (h->struct_size >= offsetof(outpost_host_api, model_metric) + sizeof(h->model_metric) &&
+        h->model_metric &&
+        cfg->struct_size >= offsetof(outpost_model_config, host_model) + sizeof(cfg->host_model))
+        m->hm = cfg->host_model;
+#endif
     outpost_error *e = parse_options(h, cfg, m);
     if (e) {
         free(m);
@@ -473,10 +625,13 @@ static outpost_error *echo_model_load(outpost_plugin_state *state, const outpost
     }
     info->description = m->embeddings ? "Echo test embedder (4 dimensions)"
                                       : "Echo test generator (repeats the prompt)";
-    info->context_window = 4096;
-    info->dimensions = m->embeddings ? ECHO_DIM : 0;
+    info->context_window = ECHO_CONTEXT;
+    info->dimensions = m->embeddings && !m->hide_dimensions ? m->dimensions : 0;
     info->max_batch = 1;
     info->max_queue = m->max_queue;
+    report(m, OUTPOST_METRIC_KV_CAPACITY_TOKENS, m->embeddings ? 0 : ECHO_CONTEXT);
+    report(m, OUTPOST_METRIC_QUEUE_DEPTH, 0);
+    report(m, OUTPOST_METRIC_RUNNING, 0);
     *model = m;
     return NULL;
 }
@@ -545,8 +700,10 @@ static outpost_error *echo_submit(outpost_model *m, outpost_request *const *reqs
         return errorf(m->host, OUTPOST_ERR_RESOURCE_EXHAUSTED, "echo queue is full (%ld requests)",
                       m->max_queue);
     }
+    uint64_t t = now_ns();
     for (size_t i = 0; i < n; i++) {
         items[i]->req = reqs[i];
+        items[i]->submit_ns = t;
         if (m->tail)
             m->tail->next = items[i];
         else
@@ -554,6 +711,7 @@ static outpost_error *echo_submit(outpost_model *m, outpost_request *const *reqs
         m->tail = items[i];
     }
     m->queued += (long)n;
+    report(m, OUTPOST_METRIC_QUEUE_DEPTH, (double)m->queued);
     pthread_cond_broadcast(&m->cv);
     pthread_mutex_unlock(&m->mu);
     free(items);
@@ -576,15 +734,76 @@ static void echo_cancel(outpost_model *m, outpost_request *req)
     pthread_mutex_unlock(&m->mu);
 }
 
+#ifndef ECHO_ABI_V0
+/* The tokens a request amounts to: the words it would echo (generation) or
+ * embed (embeddings), the same number its usage.prompt_tokens reports. Runs
+ * on an HTTP thread and touches nothing shared. */
+static int echo_count_tokens(outpost_model *m, const char *body, size_t len, int64_t *tokens)
+{
+    json_t *in = json_loadb(body, len, 0, NULL);
+    int rc = -1;
+    if (json_is_object(in)) {
+        if (m->embeddings) {
+            json_t *text = json_object_get(in, "text");
+            json_t *texts = json_is_string(text) ? json_pack("[O]", text) : json_incref(text);
+            if (json_is_array(texts)) {
+                int64_t n = 0;
+                size_t i;
+                json_t *t;
+                rc = 0;
+                json_array_foreach(texts, i, t) {
+                    if (!json_is_string(t))
+                        rc = -1;
+                    else
+                        n += count_words(json_string_value(t));
+                }
+                *tokens = n;
+            }
+            json_decref(texts);
+        } else {
+            const char *text = NULL;
+            long max_tokens;
+            outpost_error *e = generation_input(m->host, in, &text, &max_tokens);
+            if (e) {
+                m->host->error_free(e);
+            } else {
+                *tokens = count_words(text);
+                rc = 0;
+            }
+        }
+    }
+    json_decref(in);
+    return rc;
+}
+#else
+/* A minor-0 plugin has no count_tokens: what lies past its descriptor's
+ * struct_size is not its to define. This one puts a function there that
+ * answers an absurd count, so a host that reads past struct_size (or
+ * ignores abi_minor) is caught by the count it passes on. */
+static int echo_v0_past_the_end(outpost_model *m, const char *body, size_t len, int64_t *tokens)
+{
+    (void)m, (void)body, (void)len;
+    *tokens = 999999;
+    return 0;
+}
+#endif
+
 static const char *const echo_tasks[] = {OUTPOST_TASK_TEXT_GENERATION, OUTPOST_TASK_TEXT_EMBEDDINGS,
                                          NULL};
 
 static const outpost_plugin echo_plugin = {
     .abi_major = OUTPOST_PLUGIN_ABI_MAJOR,
+#ifdef ECHO_ABI_V0
+    /* As a plugin built against minor 0 would be: it knows no field past
+     * cancel, and says so with its minor and its descriptor size. */
+    .abi_minor = 0,
+    .struct_size = OUTPOST_PLUGIN_SIZE_V1_0,
+#else
     .abi_minor = OUTPOST_PLUGIN_ABI_MINOR,
     .struct_size = sizeof(outpost_plugin),
+#endif
     .build_signature = OUTPOST_PLUGIN_BUILD_SIGNATURE,
-    .name = "echo",
+    .name = ECHO_NAME,
     .version = "1.0.0",
     .tasks = echo_tasks,
     .init = echo_init,
@@ -593,6 +812,11 @@ static const outpost_plugin echo_plugin = {
     .model_unload = echo_model_unload,
     .submit = echo_submit,
     .cancel = echo_cancel,
+#ifndef ECHO_ABI_V0
+    .count_tokens = echo_count_tokens,
+#else
+    .count_tokens = echo_v0_past_the_end,
+#endif
 };
 
 OUTPOST_PLUGIN_DEFINE(echo_plugin)
