@@ -362,9 +362,11 @@ static bool copy_sampling(json_t *body, json_t *out, op_openai_kind kind, op_ope
         if (!json_is_number(rp))
             return bad_type(e, "repetition_penalty", "a number", rp);
         double d = json_number_value(rp);
-        if (!isfinite(d) || d <= 0 || d > 10)
+        if (!isfinite(d) || d <= 0 || d > 2)
             return fail(e, "repetition_penalty", "invalid_value",
-                        "Invalid 'repetition_penalty': %g is not in (0, 10] (1 is no penalty).", d);
+                        "Invalid 'repetition_penalty': %g is not above 0 and at most 2 (1 is no "
+                        "penalty).",
+                        d);
         json_object_set_new(out, "repetition_penalty", json_real(d));
     }
     if (!get_int(body, "top_k", 0, &top_k, &has_k, e))
@@ -375,6 +377,10 @@ static bool copy_sampling(json_t *body, json_t *out, op_openai_kind kind, op_ope
     if (seed) {
         if (!json_is_integer(seed))
             return bad_type(e, "seed", "an integer", seed);
+        if (json_integer_value(seed) < 0)
+            return fail(e, "seed", "invalid_value",
+                        "Invalid 'seed': %lld is less than the minimum of 0.",
+                        (long long)json_integer_value(seed));
         json_object_set_new(out, "seed", json_integer(json_integer_value(seed)));
     }
 

@@ -128,13 +128,21 @@ static const plugin_metric_def PLUGIN_METRICS[] = {
 };
 #undef NB
 
-/* Caches m's children of every model_metric() family. Runs before the
- * plugin's model_load(), which may already report (the KV capacity). */
-static void plugin_metrics(op_model *m)
+/* Caches m's children of the model_metric() families. Runs before the
+ * plugin's model_load(), which may already report (the KV capacity). A
+ * plugin older than minor 1 cannot report, and only a text generator has a
+ * KV cache and tokens to time: no series is made that could only ever read
+ * 0 (reports for a family the model has no series in are dropped). */
+static void plugin_metrics(op_model *m, const op_plugin *p)
 {
     static const char *const model_only[] = {"model", NULL};
+    if (p->desc->abi_minor < 1)
+        return;
+    bool llm = strcmp(m->task, OUTPOST_TASK_TEXT_GENERATION) == 0;
     for (size_t i = 0; i < sizeof(PLUGIN_METRICS) / sizeof(PLUGIN_METRICS[0]); i++) {
         const plugin_metric_def *d = &PLUGIN_METRICS[i];
+        if (!llm && strncmp(d->name, "outpost_llm_", 12) == 0)
+            continue;
         op_metric *f = NULL;
         switch (d->type) {
         case OP_METRIC_GAUGE: f = op_metric_gauge(d->name, d->help, model_only); break;
@@ -239,7 +247,7 @@ int op_model_load(op_plugin_set *set, const op_config_model *cfg, int cpu_thread
         .name = "cpu",
     };
     /* The plugin may report metrics from inside model_load(). */
-    plugin_metrics(m);
+    plugin_metrics(m, p);
     outpost_model_config mc = {
         .struct_size = (uint32_t)sizeof(mc),
         .id = cfg->id,
