@@ -140,11 +140,25 @@ static const op_config_account *account_for_token(const op_config *cfg, const ch
 /* Resolves the caller's account. path_account is the {account} of an
  * account-scoped path, or NULL. Answers the request and returns NULL when
  * access is refused. */
+static bool any_token_configured(const op_config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_accounts; i++)
+        if (cfg->accounts[i].n_tokens > 0)
+            return true;
+    return false;
+}
+
 static const op_config_account *authenticate(op_http_req *r, const op_runtime *rt,
                                              const char *path_account)
 {
     const char *authz = op_http_req_header(r, "Authorization");
     const op_config_account *acct = NULL;
+    /* A loopback listener with no token configured anywhere has nothing to
+     * check a token against: a client that must send one (OpenAI's SDKs
+     * always do) is served as if it had sent none. Once any token is
+     * configured, a token that is sent must be valid again. */
+    if (authz && rt->listener_is_loopback && !any_token_configured(rt->cfg))
+        authz = NULL;
     if (authz) {
         if (strncasecmp(authz, "Bearer ", 7) != 0) {
             respond_error(r, 401, OP_API_ERR_AUTH, "Authorization must be 'Bearer <token>'");

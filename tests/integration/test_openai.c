@@ -803,6 +803,38 @@ Test(openai, auth_errors_on_openai_routes_have_openai_shape)
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
 
+Test(openai, loopback_without_tokens_accepts_the_sdks_placeholder_key)
+{
+    /* OpenAI's SDKs always send a key. On loopback with no token configured
+     * anywhere there is nothing to check it against: served as token-less. */
+    ts_agent a;
+    ts_agent_start(&a, CONFIG);
+    const char *body = "{\"model\":\"@local/echo\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    const char *placeholder[] = {"Authorization: Bearer sk-anything", NULL};
+    ts_response r;
+    ts_http(&r, "POST", url(&a, "/v1/chat/completions"), body, placeholder);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    ts_response_free(&r);
+    cr_assert_eq(ts_agent_stop(&a), 0);
+
+    /* Once a token is configured, a token that is sent must be valid, on
+     * loopback too. */
+    const char *cfg =
+        "server:\n  listen: 127.0.0.1:@PORT@\n  workers: 1\n"
+        "data_dir: @DIR@/var\nplugins:\n  dirs: [@PLUGINS@]\n"
+        "accounts:\n  - id: acme\n    tokens:\n      - name: ci\n        sha256: "
+        "\"1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0\"\n"
+        "models:\n  - id: \"@local/echo\"\n    plugin: echo\n    task: text-generation\n";
+    ts_agent_start(&a, cfg);
+    ts_http(&r, "POST", url(&a, "/v1/chat/completions"), body, placeholder);
+    assert_openai_error(&r, 401, "authentication_error", NULL, "invalid_api_key");
+    ts_response_free(&r);
+    ts_http(&r, "POST", url(&a, "/v1/chat/completions"), body, NULL);
+    cr_assert_eq(r.status, 200, "token-less on loopback: %ld %s", r.status, r.body);
+    ts_response_free(&r);
+    cr_assert_eq(ts_agent_stop(&a), 0);
+}
+
 /* ======================================================================== */
 /* Paths, aliases, catalog                                                   */
 /* ======================================================================== */
