@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc)
 CONFIG     ?= examples/outpost.yaml
 CTEST_ARGS ?= --output-on-failure --timeout 600
 
-.PHONY: all deps build configure models test test-fast test-asan run clean
+.PHONY: all deps build configure models pydeps test test-fast test-asan run clean
 
 all: build
 
@@ -18,6 +18,10 @@ deps:
 models: deps
 	@scripts/fetch_models.sh
 
+# The Python venv of the SDK tests (build-py/venv, pinned openai SDK).
+pydeps: deps
+	@scripts/pydeps.sh
+
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
@@ -28,7 +32,7 @@ $(BUILD_ASAN)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DOUTPOST_SANITIZE=ON
 
 # Every test on the release build, then the same suite under ASan+UBSan.
-test: deps models
+test: deps models pydeps
 	$(MAKE) build
 	cd $(BUILD) && ctest $(CTEST_ARGS)
 	$(MAKE) test-asan
