@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NN_SIMD_TIERS 0
 
 static inline const struct nn_kern_ops *K(void);
 
@@ -636,7 +635,7 @@ bool nn_tier_available(nn_tier t)
     switch (t) {
     case NN_TIER_SCALAR:
         return true;
-#if defined(__x86_64__) && NN_SIMD_TIERS
+#if defined(__x86_64__)
     case NN_TIER_AVX2:
         /* libgcc's checks include the OS enabling the YMM/ZMM state (XCR0). */
         __builtin_cpu_init();
@@ -655,7 +654,7 @@ bool nn_tier_available(nn_tier t)
 static const nn_kern_ops *tier_ops(nn_tier t)
 {
     switch (t) {
-#if defined(__x86_64__) && NN_SIMD_TIERS
+#if defined(__x86_64__)
     case NN_TIER_AVX512: return &nn_kern_ops_avx512;
     case NN_TIER_AVX2: return &nn_kern_ops_avx2;
 #endif

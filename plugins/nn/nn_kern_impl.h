@@ -66,8 +66,9 @@ extern const nn_kern_ops nn_kern_ops_avx512;
  *   d:  nb x 16 f16 scales (block b's scale of row 0..15).
  *   m:  nb x 16 f16 minimums (Q4_1 only).
  *
- * A group is therefore 16 * nn_row_bytes(type, cols) bytes, like 16 rows of
- * the original, and qs slices stay 64-byte aligned when the buffer is. */
+ * A group is 16 * nn_row_bytes(type, cols) bytes, like 16 rows of the
+ * original, rounded up to 64 so that every group, and so every qs chunk,
+ * is 64-byte aligned when the buffer is (the kernels rely on it). */
 #define NN_R16 16
 
 static inline size_t nn_r16_qs_bytes(nn_type t) /* bytes of one block slice */
@@ -77,7 +78,7 @@ static inline size_t nn_r16_qs_bytes(nn_type t) /* bytes of one block slice */
 
 static inline size_t nn_r16_group_bytes(nn_type t, int64_t cols)
 {
-    return NN_R16 * nn_row_bytes(t, cols);
+    return (NN_R16 * nn_row_bytes(t, cols) + 63) & ~(size_t)63;
 }
 
 /* ------------------------------------------------------------------------ */

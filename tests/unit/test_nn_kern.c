@@ -13,8 +13,9 @@
  * multiplications, FMAs) over terms whose magnitudes sum to M, any order is
  * within m * u * M of the exact value (u = 2^-24, first-order bound), so the
  * tests allow m = (terms + 8) with 2u, for the scalar and the SIMD results
- * alike. A wrong index or a lost block would err by about M / terms, orders
- * of magnitude above that. Element-wise functions built on exp/erf
+ * alike. M counts |w_i * a_i| product by product (a kernel may scale partial
+ * integer sums, SIMD lanes, before adding them). A wrong index or a lost
+ * block would err by about M / terms, orders of magnitude above that. Element-wise functions built on exp/erf
  * approximations are allowed a few ulp (stated at each test).
  */
 #include "nn_kern.h"
@@ -463,28 +464,38 @@ static void ref_output(const test_mat *m, int64_t r, const void *act, int j, dou
         const uint8_t *row = (const uint8_t *)m->W.data + m->W.row_bytes * (size_t)r;
         for (int64_t b = 0; b < k / 32; b++) {
             double dw, mw = 0;
-            int isum = 0;
+            int isum = 0, iabs = 0;
             if (m->W.type == NN_Q4_0) {
                 const nn_block_q4_0 *q = (const nn_block_q4_0 *)row + b;
                 dw = nn_f16_to_f32(q->d);
-                for (int i = 0; i < 16; i++)
-                    isum += ((q->qs[i] & 15) - 8) * qa[b].qs[i] +
-                            ((q->qs[i] >> 4) - 8) * qa[b].qs[i + 16];
+                for (int i = 0; i < 16; i++) {
+                    int p0 = ((q->qs[i] & 15) - 8) * qa[b].qs[i];
+                    int p1 = ((q->qs[i] >> 4) - 8) * qa[b].qs[i + 16];
+                    isum += p0 + p1;
+                    iabs += abs(p0) + abs(p1);
+                }
             } else if (m->W.type == NN_Q4_1) {
                 const nn_block_q4_1 *q = (const nn_block_q4_1 *)row + b;
                 dw = nn_f16_to_f32(q->d);
                 mw = nn_f16_to_f32(q->m);
-                for (int i = 0; i < 16; i++)
-                    isum += (q->qs[i] & 15) * qa[b].qs[i] + (q->qs[i] >> 4) * qa[b].qs[i + 16];
+                for (int i = 0; i < 16; i++) {
+                    int p0 = (q->qs[i] & 15) * qa[b].qs[i], p1 = (q->qs[i] >> 4) * qa[b].qs[i + 16];
+                    isum += p0 + p1;
+                    iabs += abs(p0) + abs(p1);
+                }
             } else {
                 const nn_block_q8_0 *q = (const nn_block_q8_0 *)row + b;
                 dw = nn_f16_to_f32(q->d);
-                for (int i = 0; i < 32; i++)
+                for (int i = 0; i < 32; i++) {
                     isum += q->qs[i] * qa[b].qs[i];
+                    iabs += abs(q->qs[i] * qa[b].qs[i]);
+                }
             }
             double t1 = dw * qa[b].d * isum, t2 = mw * qa[b].s;
             sum += t1 + t2;
-            mag += fabs(t1) + fabs(t2);
+            /* A kernel may scale partial integer sums (SIMD lanes) before
+             * adding them: bound those by the sum of |products|. */
+            mag += fabs(dw * qa[b].d) * iabs + fabs(t2);
         }
         terms = 2 * (k / 32);
     }
@@ -593,7 +604,8 @@ Test(nn_matmul, repack_layout_and_rows)
             mat_free(&m);
             continue;
         }
-        cr_assert_eq(pb, 32 * nn_row_bytes(mm_types[ti], 96), "two groups of 16 rows");
+        cr_assert_eq(pb, 2 * ((16 * nn_row_bytes(mm_types[ti], 96) + 63) / 64 * 64),
+                     "two groups of 16 rows, each 64-byte aligned");
         void *packed = xaligned(pb);
         nn_mat R = nn_mat_repack(&m.W, packed);
         cr_assert_eq(nn_mat_repack_bytes(&R), 0, "already repacked");
