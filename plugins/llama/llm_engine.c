@@ -110,11 +110,19 @@ static void free_req(req *r)
     free(r);
 }
 
-/* Completes r with an error and frees it (scheduler thread, or free()). */
-static void fail_req(llm_engine *e, req *r, int code, const char *msg)
+/* Gives r's KV blocks back, and updates the mirror other threads read
+ * before anyone hears of the completion. */
+static void release_kv(llm_engine *e, req *r)
 {
     if (r->kv.blocks || r->kv.reserved)
         llm_kv_release(e->kv, &r->kv);
+    atomic_store(&e->kv_used, llm_kv_used_tokens(e->kv));
+}
+
+/* Completes r with an error and frees it (scheduler thread, or free()). */
+static void fail_req(llm_engine *e, req *r, int code, const char *msg)
+{
+    release_kv(e, r);
     e->cb.on_done(e->cb.ctx, r->job->user, NULL, code, msg);
     free_req(r);
 }
@@ -270,7 +278,7 @@ static void finish_req(llm_engine *e, req *r, const char *reason)
         return;
     }
     flush_text(e, r); /* the last piece; a client gone now changes nothing */
-    llm_kv_release(e->kv, &r->kv);
+    release_kv(e, r);
     llm_result res = {
         .text = r->text.buf ? r->text.buf : "",
         .len = r->text.len,
