@@ -285,6 +285,8 @@ static void finish_req(llm_engine *e, req *r, const char *reason)
         .prompt_tokens = r->n_prompt,
         .completion_tokens = r->n_gen,
         .finish_reason = reason,
+        .tokens = r->tokens + r->n_prompt,
+        .n_tokens = r->n_tokens - r->n_prompt,
     };
     e->cb.on_done(e->cb.ctx, r->job->user, &res, 0, NULL);
     free_req(r);

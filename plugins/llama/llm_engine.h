@@ -68,6 +68,8 @@ typedef struct llm_result {
     int prompt_tokens;
     int completion_tokens;
     const char *finish_reason; /* "stop" | "length" */
+    const int32_t *tokens;     /* the generated ids, valid during the callback; an */
+    int n_tokens;              /* end-of-generation token that stopped it is not among them */
 } llm_result;
 
 /* Measurements, with the ids of outpost_model_metric (plugin.h). */
