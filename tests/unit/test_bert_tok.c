@@ -273,7 +273,7 @@ static void check_golden(const char *path, bool truncate)
         cr_skip_test("%s not present yet (scripts/golden makes it)", path);
     bert_tok *t = load_minilm();
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *root = json_load_file(path, JSON_ALLOW_NUL, &jerr);
     cr_assert_not_null(root, "%s: %s", path, jerr.text);
     json_t *cases = json_object_get(root, "cases");
     cr_assert(json_is_array(cases) && json_array_size(cases) > 0);
