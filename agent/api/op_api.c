@@ -137,9 +137,6 @@ static const op_config_account *account_for_token(const op_config *cfg, const ch
     return found;
 }
 
-/* Resolves the caller's account. path_account is the {account} of an
- * account-scoped path, or NULL. Answers the request and returns NULL when
- * access is refused. */
 static bool any_token_configured(const op_config *cfg)
 {
     for (size_t i = 0; i < cfg->n_accounts; i++)
@@ -148,6 +145,9 @@ static bool any_token_configured(const op_config *cfg)
     return false;
 }
 
+/* Resolves the caller's account. path_account is the {account} of an
+ * account-scoped path, or NULL. Answers the request and returns NULL when
+ * access is refused. */
 static const op_config_account *authenticate(op_http_req *r, const op_runtime *rt,
                                              const char *path_account)
 {

@@ -7,6 +7,13 @@
  * model's plugin and the plugin's callbacks answer or stream from plugin
  * threads. Every request reads one op_runtime snapshot for its whole life.
  *
+ * Two surfaces share one inference path (policy route hook, model lookup,
+ * deadline, cancel on disconnect): Workers AI (/ai/run/{model}, answers in
+ * the {result, success, errors, messages} envelope) and OpenAI's
+ * (/v1/chat/completions, /v1/completions, /v1/embeddings, whose bodies and
+ * answers op_openai translates, and whose errors, like every error under
+ * /v1/ and .../ai/v1/, take OpenAI's {"error": {...}} shape).
+ *
  * Threading: op_api_handle runs concurrently on all workers. The deadline
  * watchdog is one thread started by op_api_start and stopped by op_api_stop.
  *
