@@ -8,9 +8,20 @@
  *                     many fine-tunes); a default system prompt written in
  *                     the template (SmolLM2's "You are a helpful AI
  *                     assistant named SmolLM, ...") is extracted and used
- *                     when the conversation has no system message
- *   LLM_CHAT_LLAMA3   "<|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>"
- *   LLM_CHAT_ZEPHYR   "<|role|>\n...</s>\n" (TinyLlama chat)
+ *                     when the first message is not a system message (the
+ *                     templates' own test); content as given
+ *   LLM_CHAT_LLAMA3   "<|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>",
+ *                     content trimmed (Jinja's trim); the template's leading
+ *                     bos_token is left to the tokenizer (add_bos), and
+ *                     Llama 3.1's date lines are not written (as llama.cpp)
+ *   LLM_CHAT_ZEPHYR   "<|role|>\n...</s>\n" (TinyLlama chat); the turn ends
+ *                     with "<|endoftext|>" instead when the template writes
+ *                     that, as StableLM's Zephyr does
+ *
+ * Every role is rendered as given (Qwen2.5's special handling of "tool"
+ * messages and tool calls is not reproduced). ChatML with "<|im_sep|>"
+ * (Phi-4) and "<|user|>" with "<|end|>" (Phi-3) are other families and are
+ * refused.
  *
  * A template that matches none is refused at model load with a message
  * naming what was looked for; the model can still serve raw prompts if the

@@ -616,7 +616,8 @@ int llm_vocab_load(const gguf_file *f, llm_vocab **out, char *err, size_t errlen
         load_id(f, "tokenizer.ggml.eot_token_id", v->n, &v->eot, err, errlen) != 0 ||
         load_id(f, "tokenizer.ggml.eom_token_id", v->n, &v->eom, err, errlen) != 0)
         goto bad;
-    v->add_bos = false;
+    /* Without the key, llama.cpp adds BOS for Llama 3 vocabularies only. */
+    v->add_bos = v->pre == LLM_PRE_LLAMA3;
     const gguf_kv *kv = gguf_find_kv(f, "tokenizer.ggml.add_bos_token");
     if (kv && gguf_kv_bool(kv, &v->add_bos) != GGUF_OK) {
         tok_fail(err, errlen, "tokenizer.ggml.add_bos_token: expected a bool, got %s",
@@ -779,7 +780,11 @@ struct tok_ctx {
     bool oom;
 };
 
-static bool grow(void **p, size_t *cap, size_t need, size_t elem)
+/* Grows the array whose pointer is at pp (any T **) to hold need elements
+ * of elem bytes, doubling; false (array unchanged) when out of memory. The
+ * pointer is read and written with memcpy, not through a void **, so the
+ * caller's T * is never accessed as another type. */
+static bool grow(void *pp, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap)
         return true;
@@ -789,10 +794,12 @@ static bool grow(void **p, size_t *cap, size_t need, size_t elem)
             return false;
         c *= 2;
     }
-    void *np = realloc(*p, c * elem);
+    void *p;
+    memcpy(&p, pp, sizeof p);
+    void *np = realloc(p, c * elem);
     if (!np)
         return false;
-    *p = np;
+    memcpy(pp, &np, sizeof np);
     *cap = c;
     return true;
 }
@@ -801,7 +808,7 @@ static void emit(tok_ctx *t, int32_t id)
 {
     if (t->oom)
         return;
-    if (*t->n == *t->cap && !grow((void **)t->ids, t->cap, *t->n + 1, sizeof **t->ids)) {
+    if (*t->n == *t->cap && !grow(t->ids, t->cap, *t->n + 1, sizeof **t->ids)) {
         t->oom = true;
         return;
     }
@@ -823,7 +830,7 @@ static void heap_push(tok_ctx *t, size_t left, size_t right)
     const merge_slot *m = find_merge(t->v, s[left].id, s[right].id);
     if (!m)
         return;
-    if (!grow((void **)&t->heap, &t->heap_cap, t->heap_n + 1, sizeof *t->heap)) {
+    if (!grow(&t->heap, &t->heap_cap, t->heap_n + 1, sizeof *t->heap)) {
         t->oom = true;
         return;
     }
@@ -883,7 +890,7 @@ static void bpe_piece(tok_ctx *t, size_t n)
     }
     if (v->ignore_merges) {
         /* The piece's byte-level text, looked up whole. */
-        if (!grow((void **)&t->enc, &t->enc_cap, 2 * n, 1)) {
+        if (!grow(&t->enc, &t->enc_cap, 2 * n, 1)) {
             t->oom = true;
             return;
         }
@@ -896,7 +903,7 @@ static void bpe_piece(tok_ctx *t, size_t n)
             return;
         }
     }
-    if (!grow((void **)&t->syms, &t->syms_cap, n, sizeof *t->syms)) {
+    if (!grow(&t->syms, &t->syms_cap, n, sizeof *t->syms)) {
         t->oom = true;
         return;
     }
@@ -931,7 +938,7 @@ static void bpe_piece(tok_ctx *t, size_t n)
 /* Re-encodes cps[lo, hi) and merges it. */
 static void bpe_cps(tok_ctx *t, size_t lo, size_t hi)
 {
-    if (!grow((void **)&t->bytes, &t->bytes_cap, 4 * (hi - lo), 1)) {
+    if (!grow(&t->bytes, &t->bytes_cap, 4 * (hi - lo), 1)) {
         t->oom = true;
         return;
     }
@@ -1134,7 +1141,7 @@ static void fragment(tok_ctx *t, const char *text, size_t len)
 {
     if (len == 0 || t->oom)
         return;
-    if (!grow((void **)&t->cps, &t->cps_cap, len, sizeof *t->cps)) {
+    if (!grow(&t->cps, &t->cps_cap, len, sizeof *t->cps)) {
         t->oom = true;
         return;
     }
@@ -1189,7 +1196,7 @@ int llm_tokenize(const llm_vocab *v, const char *text, size_t len, bool parse_sp
     int rc = -1;
     if (len == 0)
         return 0;
-    if (!grow((void **)&fr, &fr_cap, 1, sizeof *fr))
+    if (!grow(&fr, &fr_cap, 1, sizeof *fr))
         goto out;
     fr[n_fr++] = (frag){0, len, -1};
 
@@ -1208,7 +1215,7 @@ int llm_tokenize(const llm_vocab *v, const char *text, size_t len, bool parse_sp
                 if (!m)
                     break;
                 size_t at = (size_t)(m - text);
-                if (!grow((void **)&nf, &nf_cap, nn + 2, sizeof *nf))
+                if (!grow(&nf, &nf_cap, nn + 2, sizeof *nf))
                     goto out;
                 if (at > f.off)
                     nf[nn++] = (frag){f.off, at - f.off, -1};
@@ -1217,7 +1224,7 @@ int llm_tokenize(const llm_vocab *v, const char *text, size_t len, bool parse_sp
                 f.off = at + sl;
             }
             if (f.len > 0 || f.id >= 0) {
-                if (!grow((void **)&nf, &nf_cap, nn + 1, sizeof *nf))
+                if (!grow(&nf, &nf_cap, nn + 1, sizeof *nf))
                     goto out;
                 nf[nn++] = f;
             }

@@ -12,8 +12,14 @@
  *   "llama3", "llama-bpe"       the Llama 3 pattern
  *   "qwen2"                     the Qwen2 pattern
  * Any other tokenizer.ggml.model or .pre is refused at load with a message
- * naming it and the supported ones. (SentencePiece "llama" vocabularies are
- * not supported yet.)
+ * naming it and the supported ones; a missing .pre means "default", as in
+ * llama.cpp. (SentencePiece "llama" vocabularies are not supported yet.)
+ * Ids match llama.cpp's tokenizer (llama-vocab.cpp) exactly, quirks
+ * included: the Llama 3 family ignores merges for pieces that are whole
+ * tokens; the texts of control, user-defined and unknown tokens are cut out
+ * longest first; bytes whose byte-level character is not in the vocabulary
+ * are dropped (SmolLM2 lacks 21 of the 256, e.g. 0x04 and the lead bytes of
+ * U+40000..U+BFFFF), so such text does not round-trip.
  *
  * Ownership: llm_vocab_load copies what it needs out of the GGUF file; the
  * file may be closed afterwards. Outputs of llm_tokenize are the caller's.
@@ -22,8 +28,14 @@
  * number of threads at once.
  *
  * Errors: load returns -1 with a reason ("tokenizer.ggml.merges[17]: 'x y z'
- * is not two tokens"). Tokenizing never fails on input: invalid UTF-8 bytes
- * are tokenized as their byte tokens, as the reference does.
+ * is not two tokens"); it checks every field it reads (types, counts equal
+ * to the vocabulary size, merges of two known tokens making a known token,
+ * special ids in range, no duplicate token texts). Tokenizing never fails
+ * on input. Invalid UTF-8 is read as llama.cpp reads it: sequences are
+ * decoded by their bit patterns only (an overlong C0 AF is '/', a surrogate
+ * keeps its three bytes) and any other invalid byte becomes U+FFFD, one byte
+ * at a time; so decoding the ids gives back valid text unchanged, and
+ * invalid text with U+FFFD in place of the bad bytes.
  */
 #ifndef LLM_TOK_H
 #define LLM_TOK_H
@@ -51,10 +63,17 @@ llm_pre llm_vocab_pre(const llm_vocab *v);
 /* Special ids from the metadata; -1 when absent. */
 int32_t llm_vocab_bos(const llm_vocab *v);
 int32_t llm_vocab_eos(const llm_vocab *v);
-bool llm_vocab_add_bos(const llm_vocab *v); /* tokenizer.ggml.add_bos_token */
-/* True for tokens that end generation: eos, eot, and the control tokens
- * chat templates close a turn with ("<|im_end|>", "<|eot_id|>",
- * "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>"), when present. */
+/* tokenizer.ggml.add_bos_token; without it, true for the Llama 3 family
+ * only (llama.cpp's default). */
+bool llm_vocab_add_bos(const llm_vocab *v);
+/* True for tokens that end generation: eos, eot and eom
+ * (tokenizer.ggml.eot_token_id, .eom_token_id), and the tokens chat
+ * templates close a turn with ("<|im_end|>", "<|eot_id|>",
+ * "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>"), when present; like
+ * llama.cpp, a token with one of those texts counts as a control token even
+ * if the file types it normal. (llama.cpp also ends on FIM pad/repo/file-
+ * separator tokens, e.g. SmolLM2's "<reponame>" and "<file_sep>"; this
+ * does not.) */
 bool llm_vocab_is_eog(const llm_vocab *v, int32_t id);
 /* True for control/user-defined tokens (token_type 3 or 4). */
 bool llm_vocab_is_control(const llm_vocab *v, int32_t id);
@@ -62,17 +81,21 @@ bool llm_vocab_is_control(const llm_vocab *v, int32_t id);
 int32_t llm_vocab_find(const llm_vocab *v, const char *text, size_t len);
 
 /*
- * Tokenizes text[0, len). With parse_special, the texts of control tokens
- * ("<|im_start|>") found in text become their ids (longest match wins);
- * without it they are tokenized as plain text. Never adds BOS: the caller
+ * Tokenizes text[0, len). With parse_special, the texts of control and
+ * unknown tokens ("<|im_start|>") found in text become their ids (longest
+ * token first, as llama.cpp's tokenizer_st_partition); without it they are
+ * tokenized as plain text. User-defined tokens (type 4) become their ids
+ * either way, as in llama.cpp and HF tokenizers. Never adds BOS: the caller
  * decides. Appends to *ids (realloc'd; *ids may be NULL with *n == 0 and
  * *cap == 0), updating *n and *cap. Returns 0, or -1 on out of memory.
  */
 int llm_tokenize(const llm_vocab *v, const char *text, size_t len, bool parse_special,
                  int32_t **ids, size_t *n, size_t *cap);
 
-/* Bytes of token id, byte-level decoded ("Ġ" is a space); control tokens
- * give their text only if render_special, else nothing. Writes at most cap
+/* Bytes of token id, byte-level decoded ("Ġ" is a space); control and
+ * unknown tokens give their text only if render_special, else nothing;
+ * user-defined tokens always give their text; unused/undefined types give
+ * nothing (all as llama.cpp). Writes at most cap
  * bytes (not NUL-terminated) and returns the full length (so a return >
  * cap means truncated). An id out of range gives 0. */
 size_t llm_token_to_piece(const llm_vocab *v, int32_t id, bool render_special, char *buf,

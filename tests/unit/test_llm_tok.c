@@ -757,6 +757,7 @@ Test(toy, ignore_merges_llama3)
     o.pre = "llama-bpe";
     toy t = toy_load(&o);
     cr_assert_eq(llm_vocab_pre(t.v), LLM_PRE_LLAMA3);
+    cr_assert(llm_vocab_add_bos(t.v)); /* llama.cpp's default for Llama 3 */
     EXPECT(t.v, "xyz", false, 267); /* a whole token, whatever the merges say */
     EXPECT(t.v, "abc", false, 262);
     toy_free(&t);
