@@ -345,7 +345,8 @@ nn_mat nn_mat_repack(const nn_mat *W, void *dst)
             /* ref points into dst, which is ours to write. */
             uint8_t *q = (uint8_t *)(uintptr_t)ref.qs;
             for (int g = 0; g < chunks; g++)
-                memcpy(q + 64 * g, qs + 4 * g, 4);
+                for (int i = 0; i < 4; i++) /* Q8_0 offset by 128, see nn_kern_impl.h */
+                    q[64 * g + i] = W->type == NN_Q8_0 ? qs[4 * g + i] ^ 0x80 : qs[4 * g + i];
             *(uint16_t *)(uintptr_t)ref.d = d;
             if (ref.m)
                 *(uint16_t *)(uintptr_t)ref.m = m;
@@ -377,7 +378,8 @@ static void r16_get_block(const nn_mat *W, int64_t r, int64_t b, void *blk)
         break;
     }
     for (int g = 0; g < chunks; g++)
-        memcpy(qs + 4 * g, ref.qs + 64 * g, 4);
+        for (int i = 0; i < 4; i++)
+            qs[4 * g + i] = W->type == NN_Q8_0 ? ref.qs[64 * g + i] ^ 0x80 : ref.qs[64 * g + i];
 }
 
 void nn_mat_row_f32(const nn_mat *W, int64_t r, float *dst)

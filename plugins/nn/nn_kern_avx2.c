@@ -548,11 +548,24 @@ static void q_rows(q_rows_fn fn, const nn_mat *W, const nn_block_q8a *act, int n
 /* Quantized matmul, repacked layout (16 rows interleaved)                   */
 /* ======================================================================== */
 
-/* Sum of an activation block's quants, for Q4_0's -8 offset. */
-static inline int q8a_qsum(const nn_block_q8a *a)
+/* sum(qs) of count consecutive activation blocks (Q4_0's -8 and Q8_0's
+ * +128 offsets, see nn_kern_impl.h). */
+static void q8a_qsums(const nn_block_q8a *a, int64_t count, int32_t *out)
 {
-    __m256i v = _mm256_loadu_si256((const __m256i *)a->qs);
-    return hsum8_epi32(dot_u8s8(_mm256_set1_epi8(1), v));
+    for (int64_t i = 0; i < count; i++)
+        out[i] = hsum8_epi32(dot_u8s8(_mm256_set1_epi8(1),
+                                      _mm256_loadu_si256((const __m256i *)a[i].qs)));
+}
+
+/* sum(qs) of activation block idx: from the tile's table, or computed here
+ * when K is too long for the table (qsum NULL). */
+static inline int32_t qsum_at(const int32_t *qsum, const nn_block_q8a *a, size_t idx)
+{
+    int32_t v;
+    if (qsum)
+        return qsum[idx];
+    q8a_qsums(a + idx, 1, &v);
+    return v;
 }
 
 static inline __m256i bcast4(const int8_t *p)
@@ -563,70 +576,72 @@ static inline __m256i bcast4(const int8_t *p)
 }
 
 /* One 8-row half of a 16-row group against CB activation rows, all blocks.
- * Lane l of every vector is row l of the half. */
+ * Lane l of every vector is row l of the half. qsum[j * nb + b] is
+ * sum(qs) of activation row j's block b (Q4_0 only; NULL: summed here). */
 static inline __attribute__((always_inline)) void
 r16_half_tile(const nn_type T, const int CB, const uint8_t *grp, int half, int64_t nb,
-              const nn_block_q8a *a, float out[][8])
+              const nn_block_q8a *a, const int32_t *qsum, float out[][8])
 {
     const size_t qsb = T == NN_Q8_0 ? 512 : 256;
     const uint16_t *dp = (const uint16_t *)(grp + (size_t)nb * qsb);
     const uint16_t *mp = dp + nb * NN_R16;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     __m256 acc[4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < CB; j++)
         acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *qs = grp + (size_t)b * qsb + 32 * half;
         __m256i isum[4];
         if (T == NN_Q8_0) {
-            #pragma GCC unroll 4
+            /* vpmaddubsw has no room for (q + 128) * a in 16 bits: undo the
+             * offset and move q's sign onto a instead (2 * 127 * 127 fits). */
+#pragma GCC unroll 4
             for (int j = 0; j < CB; j++)
                 isum[j] = _mm256_setzero_si256();
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int g = 0; g < 8; g++) {
-                __m256i wv = _mm256_load_si256((const __m256i *)(qs + 64 * g));
+                __m256i wv = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(qs + 64 * g)),
+                                              _mm256_set1_epi8((char)0x80));
                 __m256i aw = _mm256_sign_epi8(wv, wv);
-                #pragma GCC unroll 4
+#pragma GCC unroll 4
                 for (int j = 0; j < CB; j++) {
                     __m256i av = bcast4(a[(size_t)j * (size_t)nb + b].qs + 4 * g);
-                    isum[j] = _mm256_add_epi32(
-                        isum[j], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(av, wv)),
-                                                   _mm256_set1_epi16(1)));
+                    isum[j] = _mm256_add_epi32(isum[j], dot_u8s8(aw, _mm256_sign_epi8(av, wv)));
                 }
             }
         } else {
             /* 16-bit partial sums: 8 products of at most 15 * 127 per lane
              * pair, so no saturation before the final vpmaddwd. */
             __m256i s16[4];
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int j = 0; j < CB; j++)
                 s16[j] = _mm256_setzero_si256();
-            #pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int g = 0; g < 4; g++) {
                 __m256i p = _mm256_load_si256((const __m256i *)(qs + 64 * g));
                 __m256i lo = _mm256_and_si256(p, m4);
                 __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
-                #pragma GCC unroll 4
+#pragma GCC unroll 4
                 for (int j = 0; j < CB; j++) {
                     const int8_t *aq = a[(size_t)j * (size_t)nb + b].qs;
                     s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, bcast4(aq + 4 * g)));
                     s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, bcast4(aq + 16 + 4 * g)));
                 }
             }
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int j = 0; j < CB; j++) {
                 isum[j] = _mm256_madd_epi16(s16[j], _mm256_set1_epi16(1));
                 if (T == NN_Q4_0) /* (nib - 8) * a = nib * a - 8 a */
                     isum[j] = _mm256_sub_epi32(
-                        isum[j], _mm256_set1_epi32(8 * q8a_qsum(a + (size_t)j * (size_t)nb + b)));
+                        isum[j], _mm256_set1_epi32(8 * qsum_at(qsum, a, (size_t)j * (size_t)nb + b)));
             }
         }
         __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(dp + b * NN_R16 + 8 * half)));
         __m256 mw = T == NN_Q4_1
                         ? _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(mp + b * NN_R16 + 8 * half)))
                         : _mm256_setzero_ps();
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int j = 0; j < CB; j++) {
             const nn_block_q8a *qa = a + (size_t)j * (size_t)nb + b;
             acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]),
@@ -635,21 +650,21 @@ r16_half_tile(const nn_type T, const int CB, const uint8_t *grp, int half, int64
                 acc[j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(qa->s), acc[j]);
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < CB; j++)
         _mm256_storeu_ps(out[j], acc[j]);
 }
 
 #define R16_CASES(T)                                                                             \
     switch (cb) {                                                                                \
-    case 1: r16_half_tile(T, 1, grp, half, nb, a, out); break;                                   \
-    case 2: r16_half_tile(T, 2, grp, half, nb, a, out); break;                                   \
-    case 3: r16_half_tile(T, 3, grp, half, nb, a, out); break;                                   \
-    default: r16_half_tile(T, 4, grp, half, nb, a, out); break;                                  \
+    case 1: r16_half_tile(T, 1, grp, half, nb, a, qsum, out); break;                             \
+    case 2: r16_half_tile(T, 2, grp, half, nb, a, qsum, out); break;                             \
+    case 3: r16_half_tile(T, 3, grp, half, nb, a, qsum, out); break;                             \
+    default: r16_half_tile(T, 4, grp, half, nb, a, qsum, out); break;                            \
     }
 
 static void r16_tile(nn_type t, int cb, const uint8_t *grp, int half, int64_t nb,
-                     const nn_block_q8a *a, float out[][8])
+                     const nn_block_q8a *a, const int32_t *qsum, float out[][8])
 {
     if (t == NN_Q4_1)
         R16_CASES(NN_Q4_1)
@@ -664,9 +679,18 @@ static void q_r16(const nn_mat *W, const nn_block_q8a *act, int n, float *y, int
 {
     const int64_t nb = W->cols / NN_QK;
     const size_t gbytes = nn_r16_group_bytes(W->type, W->cols);
-    const int tile = col_tile((size_t)nb * sizeof(nn_block_q8a));
+    int tile = col_tile((size_t)nb * sizeof(nn_block_q8a));
+    /* Q4_0 needs the activation sums: a tile's worth on the stack (for K
+     * beyond NN_QSUM_MAX blocks the kernel sums them as it goes). */
+    int32_t qsum_buf[NN_QSUM_MAX];
+    int32_t *qsum = W->type == NN_Q4_0 && nb <= NN_QSUM_MAX ? qsum_buf : NULL;
+    if (qsum && tile > NN_QSUM_MAX / nb)
+        tile = (int)(NN_QSUM_MAX / nb);
     for (int j0 = 0; j0 < n; j0 += tile) {
         int jn = n - j0 < tile ? n - j0 : tile;
+        const nn_block_q8a *at = act + (size_t)j0 * (size_t)nb;
+        if (qsum)
+            q8a_qsums(at, jn * nb, qsum);
         for (int64_t r = r0; r < r1; r += 8) {
             const uint8_t *grp = (const uint8_t *)W->data + (size_t)(r / NN_R16) * gbytes;
             int half = (int)(r % NN_R16) / 8;
@@ -674,7 +698,8 @@ static void q_r16(const nn_mat *W, const nn_block_q8a *act, int n, float *y, int
             for (int j = 0; j < jn; j += 4) {
                 int cb = jn - j < 4 ? jn - j : 4;
                 float out[4][8];
-                r16_tile(W->type, cb, grp, half, nb, act + (size_t)(j0 + j) * (size_t)nb, out);
+                r16_tile(W->type, cb, grp, half, nb, at + (size_t)j * (size_t)nb,
+                         qsum ? qsum + j * nb : NULL, out);
                 for (int c = 0; c < cb; c++)
                     memcpy(y + (int64_t)(j0 + j + c) * ldy + r, out[c], sizeof(float) * (size_t)rows);
             }

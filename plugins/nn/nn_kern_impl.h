@@ -62,7 +62,11 @@ extern const nn_kern_ops nn_kern_ops_avx512;
  *       (vpdpbusd, or vpmaddubsw + vpmaddwd) against 4 activation bytes
  *       broadcast to every lane. For Q4_x a byte's low nibbles are elements
  *       4g..4g+3 and its high nibbles elements 16+4g..16+4g+3, as in the
- *       original block.
+ *       original block. Q8_0 quants are stored offset by 128 (q ^ 0x80, an
+ *       unsigned byte): vpdpbusd multiplies unsigned by signed bytes, and
+ *       sum((q + 128) a) - 128 sum(a) is exact in 32-bit integers, with
+ *       sum(a) computed once per activation block rather than a sign fix-up
+ *       per weight and activation row.
  *   d:  nb x 16 f16 scales (block b's scale of row 0..15).
  *   m:  nb x 16 f16 minimums (Q4_1 only).
  *
@@ -80,6 +84,11 @@ static inline size_t nn_r16_group_bytes(nn_type t, int64_t cols)
 {
     return (NN_R16 * nn_row_bytes(t, cols) + 63) & ~(size_t)63;
 }
+
+/* Kernels that need sum(a) per activation block (Q4_0's -8 offset, Q8_0's
+ * +128) compute it for a tile of activation rows into a stack array of this
+ * many ints (16 KiB) and size the tile to fit. */
+#define NN_QSUM_MAX 4096
 
 /* ------------------------------------------------------------------------ */
 /* Scalar helpers                                                            */
