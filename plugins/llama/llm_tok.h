@@ -71,8 +71,8 @@ bool llm_vocab_add_bos(const llm_vocab *v);
  * templates close a turn with ("<|im_end|>", "<|eot_id|>",
  * "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>"), when present; like
  * llama.cpp, a token with one of those texts counts as a control token even
- * if the file types it normal. (llama.cpp also ends on FIM pad/repo/file-
- * separator tokens, e.g. SmolLM2's "<reponame>" and "<file_sep>"; this
+ * if the file types it normal. (llama.cpp also ends on the FIM pad, repo
+ * and separator tokens it finds by text, e.g. SmolLM2's "<reponame>"; this
  * does not.) */
 bool llm_vocab_is_eog(const llm_vocab *v, int32_t id);
 /* True for control/user-defined tokens (token_type 3 or 4). */
