@@ -87,10 +87,10 @@ static void respond_error(op_http_req *r, int status, int code, const char *mess
     free(body);
 }
 
-/* Sends json (reference stolen) as the body. */
-static void respond_json(op_http_req *r, int status, json_t *json)
+/* Sends json (reference stolen) as the body, serialized with flags. */
+static void respond_json_flags(op_http_req *r, int status, json_t *json, size_t flags)
 {
-    char *body = json ? json_dumps(json, JSON_COMPACT) : NULL;
+    char *body = json ? json_dumps(json, flags) : NULL;
     json_decref(json);
     if (!body) {
         respond_error(r, 500, OP_API_ERR_INFERENCE, "out of memory");
@@ -109,6 +109,11 @@ static void respond_openai(op_http_req *r, const op_openai_error *e)
     }
     op_http_respond(r, e->status, "application/json", body, strlen(body));
     free(body);
+}
+
+static void respond_json(op_http_req *r, int status, json_t *json)
+{
+    respond_json_flags(r, status, json, JSON_COMPACT);
 }
 
 /* {"result": result, "success": true, "errors": [], "messages": []} */
@@ -545,7 +550,13 @@ static void call_on_complete(void *ctx, const char *result_json, size_t len, int
         op_openai_error oe;
         json_t *resp = op_openai_response(c->oai, result, &oe);
         if (resp) {
-            respond_json(c->req, 200, resp);
+            /* Embeddings are float32 (what base64 carries too): 9
+             * significant digits give each value back exactly, where the
+             * default 17 print the noise of its widening to double. */
+            respond_json_flags(c->req, 200, resp,
+                               JSON_COMPACT | (c->oai->kind == OP_OPENAI_EMBEDDINGS
+                                                   ? JSON_REAL_PRECISION(9)
+                                                   : 0));
         } else {
             if (oe.status >= 500)
                 PL_LOG_ERROR("inference.bad_result", "model", c->oai->model, "reason", oe.message);
