@@ -49,8 +49,11 @@
  * outpost_llm_time_to_first_token_seconds,
  * outpost_llm_inter_token_latency_seconds (histograms),
  * outpost_inference_prompt_tokens_total, outpost_llm_generated_tokens_total
- * (counters). Reports with an unknown id, or a value that is negative, NaN
- * or infinite, are dropped.
+ * (counters). Their children are made at model load, before the plugin's
+ * model_load() runs, and only where they can be filled: not for a plugin
+ * older than minor 1, and the outpost_llm_* ones only for text generation.
+ * Reports with an unknown id, into a series the model does not have, or of
+ * a value that is negative, NaN or infinite, are dropped.
  *
  * Streaming: pieces reach on_emit as whole UTF-8 sequences (op_utf8.h); a
  * sequence a plugin cut between two emits is held back and handed on with
