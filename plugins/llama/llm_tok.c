@@ -35,10 +35,11 @@
 
 #include "nn/nn_unicode.h"
 
-/* Sanity caps on what a model file may ask us to allocate. Real vocabularies
- * have at most a few hundred thousand tokens. */
-#define MAX_VOCAB (1 << 24)
-#define MAX_MERGES (1 << 26)
+/* Sanity caps on what a model file may ask us to allocate (the hash tables
+ * then stay under 32 MB and 256 MB). Real vocabularies have at most a few
+ * hundred thousand tokens and merges. */
+#define MAX_VOCAB (1 << 22)
+#define MAX_MERGES (1 << 23)
 #define MAX_TEXT_BYTES 0x40000000u /* all token texts together */
 
 /* Token attributes (bit flags, as llama.cpp's llama_token_attr). */
@@ -808,7 +809,7 @@ static void emit(tok_ctx *t, int32_t id)
 {
     if (t->oom)
         return;
-    if (*t->n == *t->cap && !grow(t->ids, t->cap, *t->n + 1, sizeof **t->ids)) {
+    if (*t->n >= *t->cap && !grow(t->ids, t->cap, *t->n + 1, sizeof **t->ids)) {
         t->oom = true;
         return;
     }
