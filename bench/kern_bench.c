@@ -39,11 +39,12 @@ typedef struct shape {
 
 /* SmolLM2-135M (Q4_1 layers, Q8_0 tied output head) and all-MiniLM-L6-v2
  * (F32). */
-static const shape shapes[] = {
+static shape shapes[] = {
     {"attn_q", NN_Q4_1, 576, 576},     {"attn_kv", NN_Q4_1, 192, 576},
     {"ffn_up", NN_Q4_1, 1536, 576},    {"ffn_down", NN_Q4_1, 576, 1536},
     {"output", NN_Q8_0, 49152, 576},   {"bert_qkvo", NN_F32, 384, 384},
     {"bert_up", NN_F32, 1536, 384},    {"bert_down", NN_F32, 384, 1536},
+    {NULL, NN_F32, 0, 0}, /* --custom */
 };
 
 static double now_s(void)
@@ -147,7 +148,8 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: kern_bench [--threads LIST] [--n LIST] [--shape NAME] [--layout rows|r16|both]\n"
-            "                  [--tier scalar|avx2|avx512] [--cold] [--ms MS] [--trials N]\n");
+            "                  [--tier scalar|avx2|avx512] [--cold] [--ms MS] [--trials N]\n"
+            "                  [--custom TYPE:ROWS:COLS]\n");
     exit(2);
 }
 
@@ -173,6 +175,24 @@ int main(int argc, char **argv)
             trials = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cold"))
             cold = 1;
+        else if (!strcmp(argv[i], "--custom") && i + 1 < argc) {
+            /* TYPE:ROWS:COLS, e.g. Q8_0:8192:576 */
+            char tn[16];
+            long r, c;
+            shape *cs = &shapes[sizeof shapes / sizeof *shapes - 1];
+            if (sscanf(argv[++i], "%15[^:]:%ld:%ld", tn, &r, &c) != 3)
+                usage();
+            const nn_type ts[] = {NN_F32, NN_F16, NN_BF16, NN_Q4_0, NN_Q4_1, NN_Q8_0};
+            for (size_t t = 0; t < sizeof ts / sizeof *ts; t++)
+                if (!strcmp(tn, nn_type_name(ts[t])))
+                    cs->type = ts[t];
+            if (nn_row_bytes(cs->type, c) == 0 || r < 1)
+                usage();
+            cs->name = "custom";
+            cs->rows = r;
+            cs->cols = c;
+            only = "custom";
+        }
         else if (!strcmp(argv[i], "--tier") && i + 1 < argc) {
             const char *t = argv[++i];
             nn_tier want = !strcmp(t, "scalar") ? NN_TIER_SCALAR
@@ -191,7 +211,7 @@ int main(int argc, char **argv)
 
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         const shape *sh = &shapes[s];
-        if (only && strcmp(only, sh->name))
+        if (!sh->name || (only && strcmp(only, sh->name)))
             continue;
         int quant = sh->type == NN_Q4_0 || sh->type == NN_Q4_1 || sh->type == NN_Q8_0;
         int def_q[] = {1, 2, 4, 8, 16, 64, 512}, def_f[] = {1, 16, 64, 512, 4096};

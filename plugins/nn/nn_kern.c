@@ -295,15 +295,15 @@ typedef struct r16_ref {
 
 static r16_ref r16_locate(const nn_mat *W, int64_t r, int64_t b)
 {
-    int64_t nb = W->cols / NN_QK, lane = r % NN_R16;
-    const uint8_t *g = (const uint8_t *)W->data + (size_t)(r / NN_R16) *
-                                                      nn_r16_group_bytes(W->type, W->cols);
-    size_t qsb = nn_r16_qs_bytes(W->type);
-    const uint16_t *d = (const uint16_t *)(g + (size_t)nb * qsb);
+    int64_t lane = r % NN_R16;
+    const uint8_t *slice = (const uint8_t *)W->data +
+                           (size_t)(r / NN_R16) * nn_r16_group_bytes(W->type, W->cols) +
+                           (size_t)b * nn_r16_slice_bytes(W->type);
+    const uint16_t *d = (const uint16_t *)slice;
     r16_ref ref = {
-        .qs = g + (size_t)b * qsb + (size_t)lane * 4,
-        .d = d + b * NN_R16 + lane,
-        .m = W->type == NN_Q4_1 ? d + nb * NN_R16 + b * NN_R16 + lane : NULL,
+        .qs = slice + nn_r16_hdr_bytes(W->type) + (size_t)lane * 4,
+        .d = d + lane,
+        .m = W->type == NN_Q4_1 ? d + NN_R16 + lane : NULL,
     };
     return ref;
 }
@@ -311,8 +311,8 @@ static r16_ref r16_locate(const nn_mat *W, int64_t r, int64_t b)
 nn_mat nn_mat_repack(const nn_mat *W, void *dst)
 {
     int64_t nb = W->cols / NN_QK, groups = (W->rows + NN_R16 - 1) / NN_R16;
-    size_t gbytes = nn_r16_group_bytes(W->type, W->cols), qsb = nn_r16_qs_bytes(W->type);
-    int chunks = (int)(qsb / 64);
+    size_t gbytes = nn_r16_group_bytes(W->type, W->cols);
+    int chunks = (int)(nn_r16_qs_bytes(W->type) / 64);
     /* Zero first: padding rows get d = m = 0 and contribute nothing. */
     memset(dst, 0, (size_t)groups * gbytes);
     nn_mat out = *W;

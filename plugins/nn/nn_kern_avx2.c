@@ -487,9 +487,7 @@ q_rows_tile(const nn_type T, const int RB, const int CB, const uint8_t *w, size_
 static void q_rows_q4_0(int rb, int cb, const uint8_t *w, size_t ws, const nn_block_q8a *a,
                         int64_t nb, float *y, int64_t ldy)
 {
-    if (rb == 4)
-        q_rows_tile(NN_Q4_0, 4, 1, w, ws, a, nb, y, ldy);
-    else if (rb == 2)
+    if (rb == 2)
         Q_ROWS_CASES(NN_Q4_0, 2)
     else
         Q_ROWS_CASES(NN_Q4_0, 1)
@@ -498,9 +496,7 @@ static void q_rows_q4_0(int rb, int cb, const uint8_t *w, size_t ws, const nn_bl
 static void q_rows_q4_1(int rb, int cb, const uint8_t *w, size_t ws, const nn_block_q8a *a,
                         int64_t nb, float *y, int64_t ldy)
 {
-    if (rb == 4)
-        q_rows_tile(NN_Q4_1, 4, 1, w, ws, a, nb, y, ldy);
-    else if (rb == 2)
+    if (rb == 2)
         Q_ROWS_CASES(NN_Q4_1, 2)
     else
         Q_ROWS_CASES(NN_Q4_1, 1)
@@ -509,9 +505,7 @@ static void q_rows_q4_1(int rb, int cb, const uint8_t *w, size_t ws, const nn_bl
 static void q_rows_q8_0(int rb, int cb, const uint8_t *w, size_t ws, const nn_block_q8a *a,
                         int64_t nb, float *y, int64_t ldy)
 {
-    if (rb == 4)
-        q_rows_tile(NN_Q8_0, 4, 1, w, ws, a, nb, y, ldy);
-    else if (rb == 2)
+    if (rb == 2)
         Q_ROWS_CASES(NN_Q8_0, 2)
     else
         Q_ROWS_CASES(NN_Q8_0, 1)
@@ -520,15 +514,18 @@ static void q_rows_q8_0(int rb, int cb, const uint8_t *w, size_t ws, const nn_bl
 typedef void (*q_rows_fn)(int rb, int cb, const uint8_t *w, size_t ws, const nn_block_q8a *a,
                           int64_t nb, float *y, int64_t ldy);
 
-/* Weight rows in blocks of 2 (4 for a single activation row, where no
- * column reuse exists and more rows share each activation load); each block
- * goes against the activation rows 4 at a time while its bytes are in L1. */
+/* Each weight row goes against the activation rows 4 at a time while its
+ * bytes are in L1. One row at a time (two with 16 or more activation rows,
+ * where arithmetic dominates and the second row halves the activation
+ * loads): the matrix is then read as one sequential stream, which DRAM
+ * delivers up to 2.5x faster than several row streams side by side (see
+ * the R16 layout notes in nn_kern_impl.h). */
 static void q_rows(q_rows_fn fn, const nn_mat *W, const nn_block_q8a *act, int n, float *y,
                    int64_t ldy, int64_t r0, int64_t r1)
 {
     const int64_t nb = W->cols / NN_QK;
     const int tile = col_tile((size_t)nb * sizeof(nn_block_q8a));
-    const int rbmax = n == 1 ? 4 : 2;
+    const int rbmax = n >= 16 ? 2 : 1;
     for (int j0 = 0; j0 < n; j0 += tile) {
         int jn = n - j0 < tile ? n - j0 : tile;
         for (int64_t r = r0; r < r1;) {
@@ -582,16 +579,15 @@ static inline __attribute__((always_inline)) void
 r16_half_tile(const nn_type T, const int CB, const uint8_t *grp, int half, int64_t nb,
               const nn_block_q8a *a, const int32_t *qsum, float out[][8])
 {
-    const size_t qsb = T == NN_Q8_0 ? 512 : 256;
-    const uint16_t *dp = (const uint16_t *)(grp + (size_t)nb * qsb);
-    const uint16_t *mp = dp + nb * NN_R16;
+    const size_t hdr = T == NN_Q4_1 ? 64 : 32, slice = hdr + (T == NN_Q8_0 ? 512 : 256);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     __m256 acc[4];
 #pragma GCC unroll 4
     for (int j = 0; j < CB; j++)
         acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *qs = grp + (size_t)b * qsb + 32 * half;
+        const uint8_t *sl = grp + (size_t)b * slice;
+        const uint8_t *qs = sl + hdr + 32 * half;
         __m256i isum[4];
         if (T == NN_Q8_0) {
             /* vpmaddubsw has no room for (q + 128) * a in 16 bits: undo the
@@ -601,7 +597,7 @@ r16_half_tile(const nn_type T, const int CB, const uint8_t *grp, int half, int64
                 isum[j] = _mm256_setzero_si256();
 #pragma GCC unroll 8
             for (int g = 0; g < 8; g++) {
-                __m256i wv = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(qs + 64 * g)),
+                __m256i wv = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(qs + 64 * g)),
                                               _mm256_set1_epi8((char)0x80));
                 __m256i aw = _mm256_sign_epi8(wv, wv);
 #pragma GCC unroll 4
@@ -619,7 +615,7 @@ r16_half_tile(const nn_type T, const int CB, const uint8_t *grp, int half, int64
                 s16[j] = _mm256_setzero_si256();
 #pragma GCC unroll 4
             for (int g = 0; g < 4; g++) {
-                __m256i p = _mm256_load_si256((const __m256i *)(qs + 64 * g));
+                __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 64 * g));
                 __m256i lo = _mm256_and_si256(p, m4);
                 __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
 #pragma GCC unroll 4
@@ -637,10 +633,9 @@ r16_half_tile(const nn_type T, const int CB, const uint8_t *grp, int half, int64
                         isum[j], _mm256_set1_epi32(8 * qsum_at(qsum, a, (size_t)j * (size_t)nb + b)));
             }
         }
-        __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(dp + b * NN_R16 + 8 * half)));
-        __m256 mw = T == NN_Q4_1
-                        ? _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(mp + b * NN_R16 + 8 * half)))
-                        : _mm256_setzero_ps();
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sl + 16 * half)));
+        __m256 mw = T == NN_Q4_1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sl + 32 + 16 * half)))
+                                 : _mm256_setzero_ps();
 #pragma GCC unroll 4
         for (int j = 0; j < CB; j++) {
             const nn_block_q8a *qa = a + (size_t)j * (size_t)nb + b;

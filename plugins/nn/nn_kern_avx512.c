@@ -55,8 +55,10 @@ static inline int32_t qsum_at(const int32_t *qsum, const nn_block_q8a *a, size_t
     return v;
 }
 
-/* A 16-row group against CB activation rows over all nb blocks; lane l of
- * every vector is row l of the group. Weight quants are loaded (Q8_0,
+/* A 16-row group against CB activation rows over all nb blocks (slices of
+ * the layout in nn_kern_impl.h); lane l of every vector is row l of the
+ * group. Unaligned loads: only Q4_1's slices (320 bytes) keep 64-byte
+ * alignment. Weight quants are loaded (Q8_0,
  * stored +128) or unpacked (Q4_x) once per block into 8 registers (chunk g
  * holds elements 4g..4g+3 of each row) and dotted with each activation
  * row's 4-byte words broadcast to all lanes. qsum[j * nb + b] is sum(qs) of
@@ -65,33 +67,30 @@ static inline __attribute__((always_inline)) void
 r16_tile(const nn_type T, const int CB, const uint8_t *grp, int64_t nb, const nn_block_q8a *a,
          const int32_t *qsum, float out[][16])
 {
-    const size_t qsb = T == NN_Q8_0 ? 512 : 256;
-    const uint16_t *dp = (const uint16_t *)(grp + (size_t)nb * qsb);
-    const uint16_t *mp = dp + nb * NN_R16;
+    const size_t hdr = T == NN_Q4_1 ? 64 : 32, slice = hdr + (T == NN_Q8_0 ? 512 : 256);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512 acc[8];
 #pragma GCC unroll 8
     for (int j = 0; j < CB; j++)
         acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *qs = grp + (size_t)b * qsb;
+        const uint8_t *sl = grp + (size_t)b * slice, *qs = sl + hdr;
         __m512i w[8];
         if (T == NN_Q8_0) {
 #pragma GCC unroll 8
             for (int g = 0; g < 8; g++)
-                w[g] = _mm512_load_si512((const void *)(qs + 64 * g));
+                w[g] = _mm512_loadu_si512((const void *)(qs + 64 * g));
         } else {
 #pragma GCC unroll 4
             for (int g = 0; g < 4; g++) {
-                __m512i p = _mm512_load_si512((const void *)(qs + 64 * g));
+                __m512i p = _mm512_loadu_si512((const void *)(qs + 64 * g));
                 w[g] = _mm512_and_si512(p, m4);
                 w[g + 4] = _mm512_and_si512(_mm512_srli_epi16(p, 4), m4);
             }
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(dp + b * NN_R16)));
-        const __m512 mw = T == NN_Q4_1
-                              ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(mp + b * NN_R16)))
-                              : _mm512_setzero_ps();
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sl));
+        const __m512 mw = T == NN_Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sl + 32)))
+                                       : _mm512_setzero_ps();
 #pragma GCC unroll 8
         for (int j = 0; j < CB; j++) {
             const nn_block_q8a *qa = a + (size_t)j * (size_t)nb + b;
