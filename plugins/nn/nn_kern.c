@@ -400,6 +400,18 @@ void nn_mat_row_f32(const nn_mat *W, int64_t r, float *dst)
     }
 }
 
+nn_mat nn_mat_rows(const nn_mat *W, int64_t r0, int64_t r1)
+{
+    nn_mat s = *W;
+    s.rows = r1 - r0;
+    if (W->layout == NN_LAYOUT_R16)
+        s.data = (const uint8_t *)W->data +
+                 (size_t)(r0 / NN_R16) * nn_r16_group_bytes(W->type, W->cols);
+    else
+        s.data = (const uint8_t *)W->data + (size_t)r0 * W->row_bytes;
+    return s;
+}
+
 /* ======================================================================== */
 /* Scalar matmul                                                             */
 /* ======================================================================== */

@@ -139,6 +139,10 @@ nn_mat nn_mat_repack(const nn_mat *W, void *dst);
 /* Row r of W (either layout) to f32, cols elements: an embedding lookup in a
  * tied embedding/output matrix that was repacked for the output head. */
 void nn_mat_row_f32(const nn_mat *W, int64_t r, float *dst);
+/* Rows [r0, r1) of W as a matrix of their own, in either layout (for
+ * NN_LAYOUT_R16, r0 must be a multiple of 16: nn_split with align 16 gives
+ * such shares). Borrows W's memory. */
+nn_mat nn_mat_rows(const nn_mat *W, int64_t r0, int64_t r1);
 
 /* Bytes of one activation row of length k prepared for weights of wtype:
  * nn_block_q8a blocks for Q4_0/Q4_1/Q8_0, f32 for F32/F16/BF16. */

@@ -615,6 +615,18 @@ Test(nn_matmul, repack_layout_and_rows)
             nn_mat_row_f32(&m.W, r, row);
             cr_assert_arr_eq(row, m.deq + r * 96, sizeof row);
         }
+        /* Sub-matrices of either layout hold the same rows. */
+        nn_mat sr = nn_mat_rows(&R, 16, 21), so = nn_mat_rows(&m.W, 3, 21);
+        cr_assert_eq(sr.rows, 5);
+        cr_assert_eq(so.rows, 18);
+        for (int64_t r = 0; r < 5; r++) {
+            nn_mat_row_f32(&sr, r, row);
+            cr_assert_arr_eq(row, m.deq + (16 + r) * 96, sizeof row, "r16 sub-row %ld", (long)r);
+        }
+        for (int64_t r = 0; r < 18; r++) {
+            nn_mat_row_f32(&so, r, row);
+            cr_assert_arr_eq(row, m.deq + (3 + r) * 96, sizeof row, "sub-row %ld", (long)r);
+        }
         free(packed);
         mat_free(&m);
     }
@@ -868,6 +880,23 @@ static void activations(nn_tier tier)
     }
 }
 TIER_TESTS(nn_vec, activations)
+
+/* Each Criterion test runs in a fresh process, so the first kernel call here
+ * is the one that reads OUTPOST_KERNELS. */
+Test(nn_kern, env_var_limits_the_tier)
+{
+    setenv("OUTPOST_KERNELS", "avx2", 1);
+    nn_tier want = nn_tier_available(NN_TIER_AVX2) ? NN_TIER_AVX2 : NN_TIER_SCALAR;
+    cr_assert_eq(nn_kern_tier(), want, "got %s", nn_tier_name(nn_kern_tier()));
+}
+
+Test(nn_kern, env_var_scalar)
+{
+    setenv("OUTPOST_KERNELS", "scalar", 1);
+    cr_assert_eq(nn_kern_tier(), NN_TIER_SCALAR);
+    float a[3] = {1, 2, 3};
+    cr_assert_eq(nn_dot_f32(a, a, 3), 14.0f);
+}
 
 Test(nn_kern, tier_names_and_select)
 {
