@@ -129,14 +129,24 @@ Test(config, example_loads_with_its_values)
     cr_assert_str_eq(cfg->accounts[0].name, "Local");
     cr_assert_eq(cfg->accounts[0].n_tokens, 0);
     cr_assert_eq(op_config_find_account(cfg, "local"), &cfg->accounts[0]);
-    cr_assert_eq(cfg->n_models, 0);
+    /* The bundled models, as `make models` fetches them. */
+    cr_assert_eq(cfg->n_models, 2);
+    cr_assert_str_eq(cfg->models[0].id, "@local/smollm2-135m-instruct");
+    cr_assert_str_eq(cfg->models[0].plugin, "llama");
+    cr_assert_str_eq(cfg->models[0].task, "text-generation");
+    assert_path(cfg->models[0].path, src, "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    cr_assert_eq(cfg->models[0].n_aliases, 2);
+    cr_assert_str_eq(cfg->models[1].id, "@local/all-minilm-l6-v2");
+    cr_assert_str_eq(cfg->models[1].plugin, "bert");
+    cr_assert_str_eq(cfg->models[1].task, "text-embeddings");
+    assert_path(cfg->models[1].path, src, "/models/all-MiniLM-L6-v2");
 
     assert_path(cfg->policy.lib_dir, src, "/lua");
     cr_assert_eq(cfg->policy.memory_bytes, 8u << 20);
     cr_assert_eq(cfg->policy.instructions, 1000000);
     cr_assert_eq(cfg->policy.n_files, 1);
     assert_path(cfg->policy.files[0], src, "/lua/examples/route.lua");
-    cr_assert_eq(cfg->policy.file_pos[0].line, 59);
+    cr_assert_eq(cfg->policy.file_pos[0].line, 68);
     cr_assert_eq(cfg->policy.file_pos[0].column, 11);
     free(src);
     op_config_free(cfg);

@@ -92,7 +92,7 @@ Test(metrics, rejects_bad_label_names)
     cr_expect_not_null(op_metric_gauge("lbl_le_gauge", "h", le));
 
     const char *many[OP_METRIC_MAX_LABELS + 2];
-    char names[OP_METRIC_MAX_LABELS + 1][8];
+    char names[OP_METRIC_MAX_LABELS + 1][16];
     for (int i = 0; i <= OP_METRIC_MAX_LABELS; i++) {
         snprintf(names[i], sizeof names[i], "l%d", i);
         many[i] = names[i];
