@@ -360,7 +360,8 @@ def gen_greedy():
         llm.eval(prompt_ids)
         ids, margins, finish = [], [], "length"
         for _ in range(N_NEW):
-            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1),
+                                           shape=(llm.n_vocab(),)).astype(np.float32)
             top2 = np.argpartition(-logits, 2)[:2]
             tok = int(np.argmax(logits))
             second = float(logits[top2[0]] if int(top2[0]) != tok else logits[top2[1]])
