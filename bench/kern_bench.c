@@ -5,6 +5,8 @@
  *   build/bench/kern_bench                      # default table, 1 and 2 threads
  *   build/bench/kern_bench --threads 2 --n 1,8 --shape ffn_up --layout r16
  *   build/bench/kern_bench --cold               # weights streamed from DRAM
+ *   build/bench/kern_bench --custom Q8_0:98304:576 --n 1
+ *   build/bench/kern_bench --pool               # nn_pool run and barrier cost
  *
  * Each configuration runs nn_matmul through an nn_pool (the way the models
  * call it: the caller's thread plus workers, split by nn_split) for
@@ -131,6 +133,49 @@ static double time_runs(nn_pool *pool, task *t, double ms, int trials, double *c
     return best;
 }
 
+/* The pool's own cost: an empty run (wake every worker, wait for all), and a
+ * barrier inside a run (a forward pass has a few per layer). */
+typedef struct pool_task {
+    nn_pool *pool;
+    int barriers;
+} pool_task;
+
+static void pool_fn(void *p, int ith, int nth)
+{
+    pool_task *t = p;
+    (void)ith;
+    (void)nth;
+    for (int i = 0; i < t->barriers; i++)
+        nn_pool_barrier(t->pool);
+}
+
+static void bench_pool(const int *threads, int nthreads, double ms, int trials)
+{
+    printf("%-22s %3s %10s\n", "pool", "thr", "us");
+    for (int ti = 0; ti < nthreads; ti++) {
+        nn_pool *pool = nn_pool_new(threads[ti], "bench");
+        if (!pool)
+            exit(1);
+        for (int b = 0; b <= 1; b++) {
+            pool_task t = {pool, b ? 1000 : 0};
+            double best = 1e30;
+            for (int tr = 0; tr < trials; tr++) {
+                int runs = 0;
+                double t0 = now_s(), el;
+                do {
+                    nn_pool_run(pool, pool_fn, &t);
+                    runs++;
+                    el = now_s() - t0;
+                } while (el < ms * 1e-3);
+                best = el / runs < best ? el / runs : best;
+            }
+            printf("%-22s %3d %10.3f\n", b ? "barrier (in a run)" : "run (empty task)", threads[ti],
+                   (b ? best / 1000 : best) * 1e6);
+        }
+        nn_pool_free(pool);
+    }
+}
+
 static int parse_list(const char *s, int *out, int max)
 {
     int k = 0;
@@ -149,7 +194,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: kern_bench [--threads LIST] [--n LIST] [--shape NAME] [--layout rows|r16|both]\n"
             "                  [--tier scalar|avx2|avx512] [--cold] [--ms MS] [--trials N]\n"
-            "                  [--custom TYPE:ROWS:COLS]\n");
+            "                  [--custom TYPE:ROWS:COLS] [--pool]\n");
     exit(2);
 }
 
@@ -159,7 +204,7 @@ int main(int argc, char **argv)
     int ns[16], nns = 0;
     const char *only = NULL, *layout = "both";
     double ms = 200;
-    int trials = 3, cold = 0;
+    int trials = 3, cold = 0, pool_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             nthreads = parse_list(argv[++i], threads, 8);
@@ -175,6 +220,8 @@ int main(int argc, char **argv)
             trials = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cold"))
             cold = 1;
+        else if (!strcmp(argv[i], "--pool"))
+            pool_only = 1;
         else if (!strcmp(argv[i], "--custom") && i + 1 < argc) {
             /* TYPE:ROWS:COLS, e.g. Q8_0:8192:576 */
             char tn[16];
@@ -203,6 +250,10 @@ int main(int argc, char **argv)
                         nn_tier_name(nn_kern_tier()));
         } else
             usage();
+    }
+    if (pool_only) {
+        bench_pool(threads, nthreads, ms, trials);
+        return 0;
     }
     printf("tier %s, best of %d x %.0f ms%s\n", nn_tier_name(nn_kern_tier()), trials, ms,
            cold ? ", weights cold (ring larger than the LLC)" : ", weights hot (one matrix)");

@@ -11,7 +11,9 @@
  * new generation (and does not sleep): no lost wake-up, and no syscall while
  * runs follow each other closely. Completion is the mirror image: workers
  * count `pending` down and the caller, after doing its own share, spins and
- * then futex-waits on it.
+ * then futex-waits on it. Spinning turns to yielding after a few
+ * microseconds (see NN_SPIN_FAST_NS), so a pool with more threads than free
+ * cores degrades gracefully instead of spinning against its own threads.
  *
  * The hot counters sit on separate cache lines so that spinning readers of
  * one do not slow down the writers of another.
@@ -42,20 +44,20 @@
 #define NN_PAUSE() ((void)0)
 #endif
 
-/* How long an idle worker (or the caller waiting for workers) spins before
- * it sleeps in the kernel. The runs of one forward pass follow each other
- * within microseconds and hand off without a syscall; a model waiting for
- * its next request sleeps after this and costs no CPU. */
+/* Waiting, in three phases. For NN_SPIN_FAST_NS: pause and re-check (a
+ * peer on its own core answers within a microsecond or two). Then, up to
+ * NN_SPIN_NS: yield the CPU between checks, because a peer that has not
+ * answered yet may be waiting for a core (the machine may have fewer free
+ * cores than the pool has threads, or the peer was preempted), possibly for
+ * ours: spinning then only delays it. After that (the caller waiting for
+ * workers, a worker waiting for the next run): sleep on a futex, so an idle
+ * model costs no CPU. The runs of one forward pass follow each other within
+ * microseconds and hand off without a syscall. */
+#define NN_SPIN_FAST_NS 5000L
 #define NN_SPIN_NS 100000L
 /* Pause rounds between two clock reads while spinning (a clock read is a
  * vDSO call, cheap but not free). */
 #define NN_SPIN_CHECK 32
-/* Barrier waits spin this long, then yield the CPU on every round: a peer
- * the barrier waits for may have been preempted (the machine may have fewer
- * free cores than the pool has threads), and it cannot arrive while we hold
- * its core. The steps between barriers of a forward pass are balanced to
- * within microseconds, so a longer wait means a peer is not running. */
-#define NN_BARRIER_SPIN_NS 20000L
 
 #define NN_CACHELINE 64
 
@@ -107,22 +109,40 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Spins until *addr != val or NN_SPIN_NS elapse; returns the last value read. */
+/* One wait in its pause and yield phases (see NN_SPIN_FAST_NS). */
+typedef struct spin {
+    int64_t start; /* 0 before the first clock read; -start once yielding */
+    unsigned i;
+} spin;
+
+/* One waiting step; false once max_ns have passed (max_ns < 0: never). */
+static bool spin_step(spin *s, int64_t max_ns)
+{
+    if (s->start < 0) { /* yield phase */
+        sched_yield();
+        if (++s->i % 8 == 0 && max_ns >= 0 && now_ns() - (-s->start) >= max_ns)
+            return false;
+        return true;
+    }
+    NN_PAUSE();
+    if (++s->i % NN_SPIN_CHECK == 0) {
+        int64_t t = now_ns();
+        if (s->start == 0)
+            s->start = t;
+        else if (t - s->start >= NN_SPIN_FAST_NS)
+            s->start = -s->start; /* negative: yielding since -start */
+    }
+    return true;
+}
+
+/* Waits until *addr != val or NN_SPIN_NS elapse; returns the last value read. */
 static uint32_t spin_while_equal(_Atomic uint32_t *addr, uint32_t val)
 {
-    int64_t deadline = 0;
-    for (unsigned i = 1;; i++) {
+    spin s = {0, 0};
+    for (;;) {
         uint32_t cur = atomic_load_explicit(addr, memory_order_acquire);
-        if (cur != val)
+        if (cur != val || !spin_step(&s, NN_SPIN_NS))
             return cur;
-        NN_PAUSE();
-        if (i % NN_SPIN_CHECK == 0) {
-            int64_t t = now_ns();
-            if (deadline == 0)
-                deadline = t + NN_SPIN_NS;
-            else if (t >= deadline)
-                return val;
-        }
     }
 }
 
@@ -272,19 +292,7 @@ void nn_pool_barrier(nn_pool *p)
         atomic_store_explicit(&p->bar_phase, phase + 1, memory_order_release);
         return;
     }
-    int64_t deadline = 0; /* -1 once the spin time is over */
-    for (unsigned i = 1; atomic_load_explicit(&p->bar_phase, memory_order_acquire) == phase; i++) {
-        if (deadline < 0) {
-            sched_yield();
-            continue;
-        }
-        NN_PAUSE();
-        if (i % NN_SPIN_CHECK == 0) {
-            int64_t t = now_ns();
-            if (deadline == 0)
-                deadline = t + NN_BARRIER_SPIN_NS;
-            else if (t >= deadline)
-                deadline = -1;
-        }
-    }
+    spin s = {0, 0};
+    while (atomic_load_explicit(&p->bar_phase, memory_order_acquire) == phase)
+        spin_step(&s, -1);
 }
