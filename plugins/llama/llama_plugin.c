@@ -46,6 +46,7 @@ struct outpost_model {
 typedef struct opts {
     int threads, max_batch, max_queue, kv_tokens, ctx, batch_tokens, max_tokens;
     const char *chat_template; /* "auto" | "none" | "chatml" | "llama3" | "zephyr" */
+    bool repack;               /* interleave quantized weights at load (nn_mat_repack) */
 } opts;
 
 static int parse_int(const char *s, long lo, long hi, int *out)
@@ -88,6 +89,14 @@ static outpost_error *parse_opts(const outpost_host_api *h, const outpost_model_
                 return h->error_new(OUTPOST_ERR_INVALID_ARGUMENT, msg);
             }
         }
+        if (strcmp(k, "repack") == 0) {
+            known = true;
+            if (strcmp(v, "true") && strcmp(v, "false")) {
+                snprintf(msg, sizeof msg, "option 'repack' must be true or false, not '%s'", v);
+                return h->error_new(OUTPOST_ERR_INVALID_ARGUMENT, msg);
+            }
+            o->repack = strcmp(v, "true") == 0;
+        }
         if (strcmp(k, "chat_template") == 0) {
             known = true;
             if (strcmp(v, "auto") && strcmp(v, "none") && strcmp(v, "chatml") &&
@@ -101,7 +110,7 @@ static outpost_error *parse_opts(const outpost_host_api *h, const outpost_model_
         if (!known) {
             snprintf(msg, sizeof msg, "unknown option '%s' (known: threads, max_batch, max_queue, "
                      "kv_cache_tokens, context_length, batch_tokens, max_tokens_default, "
-                     "chat_template)", k);
+                     "chat_template, repack)", k);
             return h->error_new(OUTPOST_ERR_INVALID_ARGUMENT, msg);
         }
     }
@@ -199,7 +208,7 @@ static outpost_error *llama_model_load(outpost_plugin_state *state, const outpos
         return h->error_new(OUTPOST_ERR_INVALID_ARGUMENT, "a model path (a .gguf file) is required");
     opts o = {.threads = dev->threads > 0 ? dev->threads : 1, .max_batch = 8, .max_queue = 64,
               .kv_tokens = 0, .ctx = 0, .batch_tokens = 512, .max_tokens = 256,
-              .chat_template = "auto"};
+              .chat_template = "auto", .repack = true};
     outpost_error *e = parse_opts(h, cfg, &o);
     if (e)
         return e;
@@ -216,6 +225,8 @@ static outpost_error *llama_model_load(outpost_plugin_state *state, const outpos
     m->default_max_tokens = o.max_tokens;
 
     if (llm_model_load(cfg->path, &m->model, err, sizeof err) != 0)
+        goto fail;
+    if (o.repack && llm_model_repack(m->model, err, sizeof err) != 0)
         goto fail;
     if (llm_vocab_load(m->model->gguf, &m->vocab, err, sizeof err) != 0)
         goto fail;

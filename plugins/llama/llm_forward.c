@@ -181,14 +181,6 @@ static void rope_apply(float *x, const float *cs, int rope_dim)
     }
 }
 
-static nn_mat sub_rows(const nn_mat *W, long r0, long r1)
-{
-    nn_mat s = *W;
-    s.rows = r1 - r0;
-    s.data = (const char *)W->data + (size_t)r0 * W->row_bytes;
-    return s;
-}
-
 /* True if W takes quantized activation rows (else plain f32 rows). */
 static bool wants_q8(nn_type t)
 {
@@ -218,7 +210,7 @@ static void matmul_rows(const llm_fwd *f, const nn_mat *W, const float *src_f32,
 {
     if (r1 <= r0)
         return;
-    nn_mat s = sub_rows(W, r0, r1);
+    nn_mat s = nn_mat_rows(W, r0, r1);
     nn_matmul(&s, act_for(f, W, src_f32), n, y + r0, ldy, 0, 1);
 }
 
@@ -271,9 +263,7 @@ static void forward_task(void *ctx, int ith, int nth)
     /* Embeddings and the RoPE table of each row. */
     for (long i = i0; i < i1; i++) {
         const llm_row *r = &f->rows[i];
-        nn_dequantize_row(m->tok_embd.type,
-                          (const char *)m->tok_embd.data + (size_t)r->token * m->tok_embd.row_bytes,
-                          f->x + i * E, E);
+        nn_mat_row_f32(&m->tok_embd, r->token, f->x + i * E);
         rope_table(m, r->pos, f->rope + i * hp->rope_dim);
     }
 

@@ -4,10 +4,13 @@
 #include "llm_model.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static int failf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
@@ -314,6 +317,94 @@ fail:
     return -1;
 }
 
+/* Every matrix of the model, with whether its thread shares start on
+ * 16-row boundaries (the condition for the interleaved layout). */
+typedef struct mat_ref {
+    nn_mat *m;
+    bool aligned;
+} mat_ref;
+
+static size_t model_mats(llm_model *m, mat_ref *out, size_t cap)
+{
+    size_t n = 0;
+    bool heads16 = m->hp.head_dim % 16 == 0;
+#define ADD(mat, al)                                                               \
+    do {                                                                           \
+        if (n < cap)                                                               \
+            out[n] = (mat_ref){(mat), (al)};                                       \
+        n++;                                                                       \
+    } while (0)
+    ADD(&m->tok_embd, true);
+    if (!m->tied_output)
+        ADD(&m->output, true);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        llm_layer *L = &m->layers[il];
+        ADD(&L->wq, heads16);
+        ADD(&L->wk, heads16);
+        ADD(&L->wv, heads16);
+        ADD(&L->wo, true);
+        ADD(&L->w_gate, true);
+        ADD(&L->w_up, true);
+        ADD(&L->w_down, true);
+    }
+#undef ADD
+    return n;
+}
+
+/* Drops our mapping's pages of [p, p + len) (whole pages inside it only):
+ * the data is no longer read through the mapping. */
+static void give_back(const void *p, size_t len)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0)
+        return;
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    uintptr_t b = ((uintptr_t)p + len) & ~((uintptr_t)pg - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+int llm_model_repack(llm_model *m, char *err, size_t errlen)
+{
+    if (m->repacked)
+        return 0;
+    size_t n = model_mats(m, NULL, 0);
+    mat_ref *mats = calloc(n, sizeof *mats);
+    if (!mats)
+        return failf(err, errlen, "out of memory");
+    model_mats(m, mats, n);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        if (mats[i].aligned)
+            total += (nn_mat_repack_bytes(mats[i].m) + 63) / 64 * 64;
+    if (total == 0) {
+        free(mats);
+        return 0;
+    }
+    char *buf = aligned_alloc(64, total);
+    if (!buf) {
+        free(mats);
+        return failf(err, errlen, "out of memory for %zu bytes of repacked weights", total);
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t b = mats[i].aligned ? nn_mat_repack_bytes(mats[i].m) : 0;
+        if (!b)
+            continue;
+        nn_mat old = *mats[i].m;
+        nn_mat packed = nn_mat_repack(&old, buf + off);
+        *mats[i].m = packed;
+        if (mats[i].m == &m->tok_embd && m->tied_output)
+            m->output = packed;
+        give_back(old.data, (size_t)old.rows * old.row_bytes);
+        off += (b + 63) / 64 * 64;
+    }
+    free(mats);
+    m->repacked = buf;
+    m->repacked_bytes = total;
+    return 0;
+}
+
 int llm_model_load(const char *path, llm_model **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -328,6 +419,7 @@ void llm_model_free(llm_model *m)
     if (!m)
         return;
     free(m->layers);
+    free(m->repacked);
     gguf_close(m->gguf);
     free(m);
 }

@@ -78,11 +78,23 @@ typedef struct llm_model {
     const float *rope_freqs;/* (rope_dim/2) frequency divisors, or NULL */
     llm_layer *layers;      /* (n_layer) */
     int64_t n_params;       /* elements over all tensors */
+    void *repacked;         /* owned: the interleaved copies llm_model_repack made, or NULL */
+    size_t repacked_bytes;
     char name[128];         /* general.name, or "" */
     char quant[16];         /* type of the attention/FFN matrices ("Q4_1", "mixed") */
 } llm_model;
 
 int llm_model_load(const char *path, llm_model **out, char *err, size_t errlen);
+
+/* Rewrites every Q4_0/Q4_1/Q8_0 matrix into nn_kern's interleaved layout
+ * (NN_LAYOUT_R16, nn_mat_repack), in one owned buffer of about the size of
+ * those weights, so that products stream them faster; the file's pages of
+ * those tensors are then given back (madvise), so resident memory stays
+ * about the model's size. Results are unchanged. Matrices whose per-thread
+ * shares would not start on 16-row boundaries (query/key/value with a head
+ * size that is not a multiple of 16) keep the file layout. Returns 0, or -1
+ * on out of memory (the model is unchanged then). Call once, before use. */
+int llm_model_repack(llm_model *m, char *err, size_t errlen);
 int llm_model_from_gguf(gguf_file *f, llm_model **out, char *err, size_t errlen);
 void llm_model_free(llm_model *m); /* NULL is a no-op */
 
