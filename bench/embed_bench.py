@@ -45,6 +45,40 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def loadavg():
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def cpu_busy(interval=1.0):
+    """Fraction of all CPUs busy over `interval` seconds (from /proc/stat)."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+    t0, i0 = snap()
+    time.sleep(interval)
+    t1, i1 = snap()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_s, threshold=0.15):
+    """Waits (up to max_s) until other processes leave the CPUs mostly idle."""
+    if max_s <= 0:
+        return True
+    deadline = time.time() + max_s
+    while time.time() < deadline:
+        b = cpu_busy()
+        if b < threshold:
+            return True
+        log(f"waiting for a quiet machine: CPUs {b * 100:.0f}% busy")
+        time.sleep(2)
+    log(f"the machine stayed busy for {max_s} s: measuring anyway")
+    return False
+
+
 def sentences(n=64):
     """Deterministic English sentences of 6 to 25 words."""
     subj = ["The old fisherman", "A young engineer", "My neighbour's cat", "The city council",
@@ -234,6 +268,8 @@ def main():
     ap.add_argument("--outpost-workers", type=int, default=0)
     ap.add_argument("--bert-bench", default=os.path.join(ROOT, "build/bench/bert_bench"))
     ap.add_argument("--st-only", action="store_true", help="only sentence-transformers (baseline)")
+    ap.add_argument("--wait-quiet", type=int, default=0, metavar="S",
+                    help="before each run, wait up to S seconds for the CPUs to be idle (shared machines)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
 
@@ -260,6 +296,7 @@ def main():
     st_call = lambda b: st.encode(b, batch_size=len(b), convert_to_numpy=True)  # noqa: E731
 
     tmp = tempfile.mkdtemp(prefix="outpost-embed-bench-")
+    load_start = loadavg()
     proc = None
     sides = ["st"]
     if not args.st_only:
@@ -279,8 +316,10 @@ def main():
         for rep in range(args.reps):
             for b in batches:
                 log(f"embed_bench: run {rep + 1}/{args.reps}, batch {b}")
+                wait_quiet(args.wait_quiet)
                 results["st"][b].append(timed_loop(st_call, texts, b, args.seconds))
                 if proc:
+                    wait_quiet(args.wait_quiet)
                     c0 = time.process_time()
                     results["v1"][b].append(timed_loop(lambda x: v1_call(client, x), texts, b, args.seconds))
                     results["ai/run"][b].append(timed_loop(lambda x: airun_call(client, x), texts, b, args.seconds))
@@ -313,8 +352,10 @@ def main():
     if proc:
         print(f"(ratio = outpost / sentence-transformers; the HTTP client in this process used "
               f"{cpu_client:.1f} CPU s on the same cores)")
+    print(f"load average (1, 5, 15 min) at start {load_start}, at end {loadavg()}")
     if os.access(args.bert_bench, os.X_OK):
         cmd = args.taskset + [args.bert_bench, "--threads", str(args.threads)]
+        wait_quiet(args.wait_quiet)
         log("embed_bench: " + " ".join(cmd))
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         print()

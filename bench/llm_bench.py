@@ -70,6 +70,40 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def loadavg():
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def cpu_busy(interval=1.0):
+    """Fraction of all CPUs busy over `interval` seconds (from /proc/stat)."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+    t0, i0 = snap()
+    time.sleep(interval)
+    t1, i1 = snap()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_s, threshold=0.15):
+    """Waits (up to max_s) until other processes leave the CPUs mostly idle."""
+    if max_s <= 0:
+        return True
+    deadline = time.time() + max_s
+    while time.time() < deadline:
+        b = cpu_busy()
+        if b < threshold:
+            return True
+        log(f"waiting for a quiet machine: CPUs {b * 100:.0f}% busy")
+        time.sleep(2)
+    log(f"the machine stayed busy for {max_s} s: measuring anyway")
+    return False
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -589,6 +623,8 @@ def main():
     ap.add_argument("--stand-in", action="store_true",
                     help="a second llama-server stands in for outpostd (tests the harness)")
     ap.add_argument("--no-peer-tools", action="store_true", help="skip llama-bench, llama-batched-bench, llm_perf")
+    ap.add_argument("--wait-quiet", type=int, default=0, metavar="S",
+                    help="before each run, wait up to S seconds for the CPUs to be idle (shared machines)")
     ap.add_argument("--json", help="also write all results to this file")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -610,6 +646,7 @@ def main():
         raise SystemExit(f"llm_bench: {args.outpostd} is missing: run make")
 
     tmp = tempfile.mkdtemp(prefix="outpost-llm-bench-")
+    load_start = loadavg()
     servers = []
     try:
         log(f"llm_bench: starting llama-server (-t {args.threads} -np {args.streams}) on cores {args.cpus}")
@@ -633,6 +670,7 @@ def main():
         for i in range(args.reps):
             order = [ref, other] if i % 2 == 0 else [other, ref]
             for s in order:
+                wait_quiet(args.wait_quiet)
                 c0 = s.pid_cpu_seconds()
                 log(f"llm_bench: run {i + 1}/{args.reps}: {s.name}")
                 runs[s.name].append(measure(s, args, prompts))
@@ -645,10 +683,15 @@ def main():
             s.stop()
     lb = bb = lp = None
     if not args.no_peer_tools:
+        wait_quiet(args.wait_quiet)
         lb = run_llama_bench(args)
+        wait_quiet(args.wait_quiet)
         bb = run_batched_bench(args)
+        wait_quiet(args.wait_quiet)
         lp = run_llm_perf(args)
     print_table(names, med, args, runs)
+    print(f"load average (1, 5, 15 min) at start {load_start}, at end {loadavg()}: a busy "
+          f"machine makes both sides slower and noisier; compare ratios")
     print(f"server CPU seconds over all runs: " + ", ".join(f"{n} {cpu[n]:.1f}" for n in names))
     print_peer_tools(lb, bb, lp, args)
     if args.json:
