@@ -381,165 +381,18 @@ void nn_avx2_quantize_q8a(const float *x, nn_block_q8a *y, int64_t n)
 /* Quantized matmul, rows layout                                             */
 /* ======================================================================== */
 
-/* Column tile: activation rows handled per pass over a thread's weight
- * rows, so that the tile's activations stay in L2 (1 MiB or more per core
- * on current servers) while every weight row is used against all of them. */
-static inline int col_tile(size_t act_row_bytes)
-{
-    size_t t = (256u * 1024) / (act_row_bytes ? act_row_bytes : 1);
-    return t < 4 ? 4 : t > 256 ? 256 : (int)t;
-}
-
-/* 32 weights of a block as bytes: nibbles 0..15 unsigned (Q4_x), or the
- * signed Q8_0 bytes. */
-static inline __m256i q4_unpack(const uint8_t *qs)
-{
-    __m128i v = _mm_loadu_si128((const __m128i *)qs);
-    __m256i both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
-}
-
-/* Integer dot of 32 unsigned weight bytes with 32 signed activation bytes
- * (no saturation: 2 * 15 * 127 fits 16 bits). */
+/* Integer dot of 32 unsigned weight bytes with 32 signed activation bytes,
+ * per 32-bit lane (no saturation: 2 * 15 * 127 and 2 * 128 * 127 fit the
+ * 16-bit intermediate). */
 static inline __m256i dot_u8s8(__m256i w, __m256i a)
 {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
 }
 
-/* Signed x signed: move w's sign onto a (vpmaddubsw wants one unsigned
- * operand); 2 * 127 * 127 still fits 16 bits. */
-static inline __m256i dot_s8s8(__m256i w, __m256i a)
-{
-    return dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-}
-
-/* One micro-kernel: RB weight rows x CB activation rows over all blocks.
- * Forced inline with constant RB/CB/T so each instance keeps its
- * accumulators in registers. */
-static inline __attribute__((always_inline)) void
-q_rows_tile(const nn_type T, const int RB, const int CB, const uint8_t *w, size_t wstride,
-            const nn_block_q8a *a, int64_t nb, float *y, int64_t ldy)
-{
-    __m256 acc[4][4];
-    float macc[4][4];
-    #pragma GCC unroll 4
-    for (int i = 0; i < RB; i++)
-        #pragma GCC unroll 4
-        for (int j = 0; j < CB; j++) {
-            acc[i][j] = _mm256_setzero_ps();
-            macc[i][j] = 0.0f;
-        }
-    const size_t bsz = T == NN_Q4_0 ? sizeof(nn_block_q4_0)
-                       : T == NN_Q4_1 ? sizeof(nn_block_q4_1)
-                                      : sizeof(nn_block_q8_0);
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i wv[4];
-        __m256 dw[4];
-        float mw[4];
-        #pragma GCC unroll 4
-        for (int i = 0; i < RB; i++) {
-            const uint8_t *blk = w + (size_t)i * wstride + (size_t)b * bsz;
-            if (T == NN_Q4_0) {
-                const nn_block_q4_0 *q = (const nn_block_q4_0 *)blk;
-                wv[i] = _mm256_sub_epi8(q4_unpack(q->qs), _mm256_set1_epi8(8));
-                dw[i] = _mm256_set1_ps(f16(q->d));
-            } else if (T == NN_Q4_1) {
-                const nn_block_q4_1 *q = (const nn_block_q4_1 *)blk;
-                wv[i] = q4_unpack(q->qs);
-                dw[i] = _mm256_set1_ps(f16(q->d));
-                mw[i] = f16(q->m);
-            } else {
-                const nn_block_q8_0 *q = (const nn_block_q8_0 *)blk;
-                wv[i] = _mm256_loadu_si256((const __m256i *)q->qs);
-                dw[i] = _mm256_set1_ps(f16(q->d));
-            }
-        }
-        #pragma GCC unroll 4
-        for (int j = 0; j < CB; j++) {
-            const nn_block_q8a *qa = a + (size_t)j * (size_t)nb + b;
-            __m256i av = _mm256_loadu_si256((const __m256i *)qa->qs);
-            __m256 da = _mm256_set1_ps(qa->d);
-            #pragma GCC unroll 4
-            for (int i = 0; i < RB; i++) {
-                __m256i p = T == NN_Q4_1 ? dot_u8s8(wv[i], av) : dot_s8s8(wv[i], av);
-                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw[i], da),
-                                            acc[i][j]);
-                if (T == NN_Q4_1)
-                    macc[i][j] = fmaf(mw[i], qa->s, macc[i][j]);
-            }
-        }
-    }
-    #pragma GCC unroll 4
-    for (int i = 0; i < RB; i++)
-        #pragma GCC unroll 4
-        for (int j = 0; j < CB; j++)
-            y[(int64_t)j * ldy + i] = hsum8(acc[i][j]) + macc[i][j];
-}
-
-#define Q_ROWS_CASES(T, RB)                                                                      \
-    switch (cb) {                                                                                \
-    case 1: q_rows_tile(T, RB, 1, w, ws, a, nb, y, ldy); break;                                  \
-    case 2: q_rows_tile(T, RB, 2, w, ws, a, nb, y, ldy); break;                                  \
-    case 3: q_rows_tile(T, RB, 3, w, ws, a, nb, y, ldy); break;                                  \
-    default: q_rows_tile(T, RB, 4, w, ws, a, nb, y, ldy); break;                                 \
-    }
-
-static void q_rows_q4_0(int rb, int cb, const uint8_t *w, size_t ws, const nn_block_q8a *a,
-                        int64_t nb, float *y, int64_t ldy)
-{
-    if (rb == 2)
-        Q_ROWS_CASES(NN_Q4_0, 2)
-    else
-        Q_ROWS_CASES(NN_Q4_0, 1)
-}
-
-static void q_rows_q4_1(int rb, int cb, const uint8_t *w, size_t ws, const nn_block_q8a *a,
-                        int64_t nb, float *y, int64_t ldy)
-{
-    if (rb == 2)
-        Q_ROWS_CASES(NN_Q4_1, 2)
-    else
-        Q_ROWS_CASES(NN_Q4_1, 1)
-}
-
-static void q_rows_q8_0(int rb, int cb, const uint8_t *w, size_t ws, const nn_block_q8a *a,
-                        int64_t nb, float *y, int64_t ldy)
-{
-    if (rb == 2)
-        Q_ROWS_CASES(NN_Q8_0, 2)
-    else
-        Q_ROWS_CASES(NN_Q8_0, 1)
-}
-
-typedef void (*q_rows_fn)(int rb, int cb, const uint8_t *w, size_t ws, const nn_block_q8a *a,
-                          int64_t nb, float *y, int64_t ldy);
-
-/* Each weight row goes against the activation rows 4 at a time while its
- * bytes are in L1. One row at a time (two with 16 or more activation rows,
- * where arithmetic dominates and the second row halves the activation
- * loads): the matrix is then read as one sequential stream, which DRAM
- * delivers up to 2.5x faster than several row streams side by side (see
- * the R16 layout notes in nn_kern_impl.h). */
-static void q_rows(q_rows_fn fn, const nn_mat *W, const nn_block_q8a *act, int n, float *y,
-                   int64_t ldy, int64_t r0, int64_t r1)
-{
-    const int64_t nb = W->cols / NN_QK;
-    const int tile = col_tile((size_t)nb * sizeof(nn_block_q8a));
-    const int rbmax = n >= 16 ? 2 : 1;
-    for (int j0 = 0; j0 < n; j0 += tile) {
-        int jn = n - j0 < tile ? n - j0 : tile;
-        for (int64_t r = r0; r < r1;) {
-            int rb = r1 - r >= rbmax ? rbmax : 1;
-            const uint8_t *w = (const uint8_t *)W->data + (size_t)r * W->row_bytes;
-            for (int j = 0; j < jn; j += 4) {
-                int cb = jn - j < 4 ? jn - j : 4;
-                fn(rb, cb, w, W->row_bytes, act + (size_t)(j0 + j) * (size_t)nb, nb,
-                   y + (int64_t)(j0 + j) * ldy + r, ldy);
-            }
-            r += rb;
-        }
-    }
-}
+/* 16 ymm registers: two weight rows per micro-kernel at most. */
+#define NN_ROWS_DOT_U8S8(w, a) dot_u8s8(w, a)
+#define NN_ROWS_RB_MAX 2
+#include "nn_kern_rows.h"
 
 /* ======================================================================== */
 /* Quantized matmul, repacked layout (16 rows interleaved)                   */
@@ -674,7 +527,7 @@ static void q_r16(const nn_mat *W, const nn_block_q8a *act, int n, float *y, int
 {
     const int64_t nb = W->cols / NN_QK;
     const size_t gbytes = nn_r16_group_bytes(W->type, W->cols);
-    int tile = col_tile((size_t)nb * sizeof(nn_block_q8a));
+    int tile = rows_col_tile((size_t)nb * sizeof(nn_block_q8a));
     /* Q4_0 needs the activation sums: a tile's worth on the stack (for K
      * beyond NN_QSUM_MAX blocks the kernel sums them as it goes). */
     int32_t qsum_buf[NN_QSUM_MAX];
@@ -795,7 +648,7 @@ static void f_rows(const nn_mat *W, const float *act, int n, float *y, int64_t l
                    int64_t r1)
 {
     const int64_t k = W->cols;
-    const int tile = col_tile((size_t)k * sizeof(float));
+    const int tile = rows_col_tile((size_t)k * sizeof(float));
     for (int j0 = 0; j0 < n; j0 += tile) {
         int jn = n - j0 < tile ? n - j0 : tile;
         for (int64_t r = r0; r < r1;) {
@@ -825,8 +678,7 @@ void nn_avx2_matmul(const nn_mat *W, const void *act, int n, float *y, int64_t l
         q_r16(W, act, n, y, ldy, r0, r1);
         return;
     }
-    q_rows_fn fn = W->type == NN_Q4_1 ? q_rows_q4_1 : W->type == NN_Q4_0 ? q_rows_q4_0 : q_rows_q8_0;
-    q_rows(fn, W, act, n, y, ldy, r0, r1);
+    nn_rows_matmul(W, act, n, y, ldy, r0, r1);
 }
 
 const nn_kern_ops nn_kern_ops_avx2 = {

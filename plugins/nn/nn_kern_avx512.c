@@ -3,12 +3,12 @@
  * flags only, entered through nn_kern_ops_avx512 after the CPU check).
  *
  * What it adds over AVX2: the repacked (R16) quantized product with
- * vpdpbusd, 16 weight rows per 512-bit register, one lane per row, and the
- * float (F32/F16/BF16) product with 512-bit FMAs and twice the registers
- * for accumulators. The element-wise functions and the rows-layout
- * quantized product stay AVX2: the former are memory-bound at the sizes the
- * models use, and the latter is the fallback for matrices the loader did
- * not repack.
+ * vpdpbusd, 16 weight rows per 512-bit register, one lane per row; the
+ * rows-layout quantized product with 256-bit vpdpbusd and 4-row
+ * micro-kernels (32 registers); and the float (F32/F16/BF16) product with
+ * 512-bit FMAs and twice the registers for accumulators. The element-wise
+ * functions stay AVX2: at the sizes the models use they are memory-bound
+ * and a small part of a forward pass.
  *
  * Why 512-bit registers for the R16 product: a 64-byte chunk of the layout
  * holds the same four quants of 16 rows, so one vpdpbusd does 64
@@ -20,6 +20,16 @@
 #include "nn_kern_avx2.h"
 
 #include <immintrin.h>
+
+/* ======================================================================== */
+/* Quantized matmul, rows layout                                             */
+/* ======================================================================== */
+
+/* vpdpbusd on 256-bit registers (VL): one instruction for vpmaddubsw +
+ * vpmaddwd, and 32 registers allow four weight rows per micro-kernel. */
+#define NN_ROWS_DOT_U8S8(w, a) _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+#define NN_ROWS_RB_MAX 4
+#include "nn_kern_rows.h"
 
 /* ======================================================================== */
 /* Quantized matmul, repacked layout                                         */
@@ -141,21 +151,12 @@ static void r16_tile_any(nn_type t, int cb, const uint8_t *grp, int64_t nb, cons
         R16_CASES(NN_Q8_0)
 }
 
-/* Activation rows per pass over the weight rows: as in the AVX2 tier, the
- * tile's activations stay in L2 while each weight group (a few KiB, in L1)
- * is used against all of them. */
-static inline int col_tile(size_t act_row_bytes)
-{
-    size_t t = (256u * 1024) / (act_row_bytes ? act_row_bytes : 1);
-    return t < 4 ? 4 : t > 256 ? 256 : (int)t;
-}
-
 static void q_r16(const nn_mat *W, const nn_block_q8a *act, int n, float *y, int64_t ldy,
                   int64_t r0, int64_t r1)
 {
     const int64_t nb = W->cols / NN_QK;
     const size_t gbytes = nn_r16_group_bytes(W->type, W->cols);
-    int tile = col_tile((size_t)nb * sizeof(nn_block_q8a));
+    int tile = rows_col_tile((size_t)nb * sizeof(nn_block_q8a));
     /* The activation sums of a tile, on the stack (for K beyond
      * NN_QSUM_MAX blocks the kernel sums them as it goes). */
     int32_t qsum_buf[NN_QSUM_MAX];
@@ -280,7 +281,7 @@ static void f_rows(const nn_mat *W, const float *act, int n, float *y, int64_t l
                    int64_t r1)
 {
     const int64_t k = W->cols;
-    const int tile = col_tile((size_t)k * sizeof(float));
+    const int tile = rows_col_tile((size_t)k * sizeof(float));
     for (int j0 = 0; j0 < n; j0 += tile) {
         int jn = n - j0 < tile ? n - j0 : tile;
         for (int64_t r = r0; r < r1;) {
@@ -309,7 +310,7 @@ static void matmul_avx512(const nn_mat *W, const void *act, int n, float *y, int
     if (W->layout == NN_LAYOUT_R16)
         q_r16(W, act, n, y, ldy, r0, r1);
     else
-        nn_avx2_matmul(W, act, n, y, ldy, r0, r1);
+        nn_rows_matmul(W, act, n, y, ldy, r0, r1);
 }
 
 const nn_kern_ops nn_kern_ops_avx512 = {
