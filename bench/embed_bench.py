@@ -306,6 +306,17 @@ def main():
         client = Client(port)
         sides += ["v1", "ai/run", f"v1 x{args.concurrency}"]
     results = {s: {b: [] for b in batches} for s in sides}
+    agree = None
+    if proc:  # the two must compute the same thing: cosine of their embeddings
+        import numpy as np
+        sample = texts[:8]
+        st_vecs = st.encode(sample, normalize_embeddings=True, convert_to_numpy=True)
+        st_code, raw = client.post("/v1/embeddings", {"model": MODEL_ID, "input": sample,
+                                                       "encoding_format": "base64"})
+        ours = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+                for d in json.loads(raw)["data"]]
+        agree = min(float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+                    for a, b in zip(st_vecs, ours))
     cpu_client = 0.0
     try:
         for b in batches:  # warm-up
@@ -352,6 +363,9 @@ def main():
     if proc:
         print(f"(ratio = outpost / sentence-transformers; the HTTP client in this process used "
               f"{cpu_client:.1f} CPU s on the same cores)")
+    if agree is not None:
+        print(f"lowest cosine between Outpost's and sentence-transformers' embeddings of 8 "
+              f"sentences: {agree:.6f}")
     print(f"load average (1, 5, 15 min) at start {load_start}, at end {loadavg()}")
     if os.access(args.bert_bench, os.X_OK):
         cmd = args.taskset + [args.bert_bench, "--threads", str(args.threads)]

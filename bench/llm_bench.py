@@ -645,6 +645,7 @@ def main():
     if not args.stand_in and not os.access(args.outpostd, os.X_OK):
         raise SystemExit(f"llm_bench: {args.outpostd} is missing: run make")
 
+    args.versions = versions(args)
     tmp = tempfile.mkdtemp(prefix="outpost-llm-bench-")
     load_start = loadavg()
     servers = []
@@ -662,9 +663,21 @@ def main():
         prompts = Prompts(ref.port, args.seed)
         prompts.check(args.pp_tokens)
         names = [ref.name, other.name]
-        # warm up both (page in the model, first-request costs)
+        # warm up both (page in the model, first-request costs), and check that
+        # they continue one prompt alike (greedy; a near-tie may part them late)
+        same_prompt = prompts.make(16)
+        texts = []
         for s in (ref, other):
-            stream_completion(s.port, s.model_id, prompts.make(16), 8)
+            r = stream_completion(s.port, s.model_id, same_prompt, 64)
+            if r["error"]:
+                raise SystemExit(f"llm_bench: {s.name}: {r['error']}")
+            texts.append(r["text"])
+        same = next((i for i, (x, y) in enumerate(zip(*texts)) if x != y),
+                    None if len(texts[0]) == len(texts[1]) else min(map(len, texts)))
+        agree = ("identical" if same is None else
+                 f"DIFFERENT from character {same}: {texts[0][same:same + 40]!r} vs "
+                 f"{texts[1][same:same + 40]!r}")
+        log(f"llm_bench: 64-token greedy continuation of one prompt: {agree}")
         runs = {n: [] for n in names}
         cpu = {n: 0.0 for n in names}
         for i in range(args.reps):
@@ -690,6 +703,8 @@ def main():
         wait_quiet(args.wait_quiet)
         lp = run_llm_perf(args)
     print_table(names, med, args, runs)
+    print(f"{names[0]} and {names[1]} on one 64-token greedy continuation: {agree}")
+    print(f"versions: {args.versions}")
     print(f"load average (1, 5, 15 min) at start {load_start}, at end {loadavg()}: a busy "
           f"machine makes both sides slower and noisier; compare ratios")
     print(f"server CPU seconds over all runs: " + ", ".join(f"{n} {cpu[n]:.1f}" for n in names))
@@ -699,6 +714,30 @@ def main():
             json.dump({"args": {k: v for k, v in vars(args).items()}, "median": med, "runs": runs,
                        "llama_bench": lb, "batched_bench": bb, "llm_perf": lp}, f, indent=1)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def versions(args):
+    out = []
+    try:
+        with open(os.path.join(args.llamacpp_bin, "..", "VERSION")) as f:
+            out.append(f.read().strip())
+    except OSError:
+        pass
+    if not args.stand_in:
+        try:
+            v = subprocess.run([args.outpostd, "--version"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+            out.append(v.splitlines()[0] if v else "outpostd ?")
+        except (OSError, subprocess.SubprocessError):
+            pass
+        try:
+            g = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+            if g:
+                out.append(f"tree {g}")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "; ".join(out) or "?"
 
 
 def _parse_cpus(s):
