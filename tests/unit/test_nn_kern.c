@@ -593,6 +593,24 @@ static void matmul_repacked(nn_tier tier)
 }
 TIER_TESTS(nn_matmul, matmul_repacked)
 
+/* Many activation rows: the kernels take them in column tiles (256 KiB of
+ * activations, fewer for Q4_0/Q8_0 repacked, whose per-block activation
+ * sums live in a 16 KiB table), so long rows and n = 70 cross several
+ * tiles; K beyond the table (4097 blocks) takes the path that sums as it
+ * goes. */
+static void matmul_tiles(nn_tier tier)
+{
+    for (size_t ti = 0; ti < sizeof mm_types / sizeof *mm_types; ti++) {
+        check_matmul(tier, mm_types[ti], 21, 4096, 70, false);
+        if (ti < 3)
+            check_matmul(tier, mm_types[ti], 21, 4096, 70, true);
+    }
+    check_matmul(tier, NN_Q4_0, 3, 32 * 4097, 2, true);
+    check_matmul(tier, NN_Q8_0, 3, 32 * 4097, 2, true);
+    check_matmul(tier, NN_Q4_1, 3, 32 * 4097, 2, true);
+}
+TIER_TESTS(nn_matmul, matmul_tiles)
+
 Test(nn_matmul, repack_layout_and_rows)
 {
     for (size_t ti = 0; ti < sizeof mm_types / sizeof *mm_types; ti++) {
