@@ -596,6 +596,9 @@ static void silu_mul_scalar(float *gate, const float *up, int64_t n)
 
 float nn_gelu_ref1(float x)
 {
+    /* The limits at infinity (0.5 x erfc(inf) would be NaN at -inf). */
+    if (isinf(x))
+        return x > 0 ? x : -0.0f;
     /* In double: erfc(z) has relative slope 2z, so rounding x / sqrt2 to
      * float would cost 2 z^2 ulp in the tail (1e-5 at x = -12). */
     return (float)(0.5 * x * erfc(-(double)x * M_SQRT1_2));

@@ -52,18 +52,13 @@ static inline float f16(uint16_t h)
     return _cvtsh_ss(h);
 }
 
-/* exp(x) for 8 lanes: Cody-Waite reduction by ln2 and Cephes' degree-6
- * polynomial on [-ln2/2, ln2/2]; about 2 ulp. 2^n is applied as two
- * factors so that n from -150 to 128 stays representable: results underflow
- * gradually to 0 (x = -inf gives 0) and overflow to inf; NaN stays NaN. */
-static inline __m256 exp8(__m256 x)
+/* exp for 8 lanes: Cody-Waite reduction by ln2 and Cephes' degree-6
+ * polynomial on [-ln2/2, ln2/2]; about 2 ulp. exp_core takes the reduced
+ * argument r and n (x = n ln2 + r) and applies 2^n as two factors so that n
+ * from -150 to 128 stays representable: results underflow gradually and
+ * overflow to inf. */
+static inline __m256 exp_core(__m256 fx, __m256 r)
 {
-    /* max/min return their second operand for NaN: keep x there. */
-    x = _mm256_min_ps(_mm256_set1_ps(88.8f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
-    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
     __m256 p = _mm256_set1_ps(1.9875691500e-4f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
@@ -78,18 +73,50 @@ static inline __m256 exp8(__m256 x)
     return _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
 }
 
+/* exp(x): x = -inf gives 0, NaN stays NaN. */
+static inline __m256 exp8(__m256 x)
+{
+    /* max/min return their second operand for NaN: keep x there. */
+    x = _mm256_min_ps(_mm256_set1_ps(88.8f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    return exp_core(fx, r);
+}
+
+/* exp(hi + lo) for finite hi in [-1000, 88] and small |lo| (a few units):
+ * lo joins after hi's reduction (hi - n*0.693359375 is exact), so a large
+ * hi does not lose lo's digits to the rounding of hi + lo. */
+static inline __m256 exp8_2(__m256 hi, __m256 lo)
+{
+    __m256 x = _mm256_add_ps(hi, lo);
+    __m256 xc = _mm256_min_ps(_mm256_set1_ps(88.8f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), hi);
+    r = _mm256_add_ps(_mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r), lo);
+    __m256 y = exp_core(fx, r);
+    /* below the clamp the reduction above is meaningless: the result is 0 */
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-104.0f), _CMP_LT_OQ), y);
+}
+
 /* GELU (exact, erf form) for 8 lanes. With z = |x|/sqrt2,
  * erfc(z) = t exp(-z^2 + P(t)), t = 1/(1 + z/2) (Numerical Recipes erfcc,
  * fractional error < 1.2e-7). z^2 = x^2/2 is formed exactly (x*x plus its
- * FMA residual) and exp(-z^2) taken apart from exp(P), because rounding a
- * large -z^2 + P to float would cost ~z^2 ulp. Then gelu = x/2 * erfc(z)
- * for x < 0 and x - x/2 * erfc(z) for x >= 0. */
+ * FMA residual) and kept apart from P in the exponential, because rounding
+ * a large -z^2 + P to float would cost ~z^2 ulp. Then gelu = x/2 erfc(z)
+ * for x < 0 and x - x/2 erfc(z) for x >= 0. |x| is capped at 20 inside
+ * (erfc(20/sqrt2) underflows), so infinities give +inf and -0; NaN stays
+ * NaN. t is a reciprocal estimate refined by one Newton step (~1 ulp),
+ * cheaper than a division. */
 static inline __m256 gelu8(__m256 x)
 {
-    const __m256 half = _mm256_set1_ps(0.5f);
-    __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
-    __m256 z = _mm256_mul_ps(ax, _mm256_set1_ps(0.70710678118654752f));
-    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(half, z, _mm256_set1_ps(1.0f)));
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    __m256 ax = _mm256_min_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), _mm256_set1_ps(20.0f));
+    __m256 den = _mm256_fmadd_ps(_mm256_set1_ps(0.35355339059327376f), ax, one); /* 1 + z/2 */
+    __m256 t = _mm256_rcp_ps(den);
+    t = _mm256_fmadd_ps(t, _mm256_fnmadd_ps(den, t, one), t);
     __m256 p = _mm256_set1_ps(0.17087277f);
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.82215223f));
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.48851587f));
@@ -100,15 +127,14 @@ static inline __m256 gelu8(__m256 x)
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.37409196f));
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.00002368f));
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.26551223f));
-    __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 x2e = _mm256_fmsub_ps(x, x, x2); /* x*x - fl(x*x), exact */
-    __m256 big = exp8(_mm256_mul_ps(x2, _mm256_set1_ps(-0.5f)));
-    __m256 small = exp8(_mm256_fnmadd_ps(x2e, half, p));
-    __m256 erfc = _mm256_mul_ps(_mm256_mul_ps(t, big), small);
-    __m256 hx = _mm256_mul_ps(half, x);
-    __m256 neg = _mm256_mul_ps(hx, erfc);            /* x < 0 */
-    __m256 pos = _mm256_fnmadd_ps(hx, erfc, x);       /* x >= 0 */
-    return _mm256_blendv_ps(pos, neg, x);             /* sign bit of x picks */
+    __m256 x2 = _mm256_mul_ps(ax, ax);
+    __m256 x2e = _mm256_fmsub_ps(ax, ax, x2); /* ax*ax - fl(ax*ax), exact */
+    __m256 e = exp8_2(_mm256_mul_ps(x2, _mm256_set1_ps(-0.5f)), _mm256_fnmadd_ps(x2e, half, p));
+    __m256 herfc = _mm256_mul_ps(_mm256_mul_ps(half, ax), _mm256_mul_ps(t, e)); /* |x|/2 erfc */
+    __m256 pos = _mm256_sub_ps(x, herfc);                                       /* x >= 0 */
+    __m256 neg = _mm256_xor_ps(herfc, _mm256_set1_ps(-0.0f));                   /* x < 0 */
+    __m256 g = _mm256_blendv_ps(pos, neg, x); /* the sign bit of x picks */
+    return _mm256_blendv_ps(g, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }
 
 /* ======================================================================== */

@@ -883,6 +883,14 @@ static void activations(nn_tier tier)
     fill(up, N, 2.0f);
     memcpy(g, g0, sizeof g);
     nn_silu_mul(g, up, N);
+    /* GELU's special values (with a vector's worth of company) */
+    float sp[9] = {INFINITY, -INFINITY, NAN, 1e30f, -1e30f, 20.0f, -20.0f, 0.0f, -0.0f};
+    nn_gelu(sp, 9);
+    cr_assert(isinf(sp[0]) && sp[0] > 0, "gelu(inf) = %g", sp[0]);
+    cr_assert(sp[1] == 0.0f, "gelu(-inf) = %g", sp[1]);
+    cr_assert(isnan(sp[2]), "gelu(nan) = %g", sp[2]);
+    cr_assert(sp[3] == 1e30f && sp[4] == 0.0f && sp[5] == 20.0f, "%g %g %g", sp[3], sp[4], sp[5]);
+    cr_assert(sp[6] <= 0.0f && sp[6] > -1e-30f && sp[7] == 0.0f && sp[8] == 0.0f);
     memcpy(x, g0, sizeof x);
     nn_gelu(x, N);
     for (int i = 0; i < N; i++) {
