@@ -253,8 +253,8 @@ void nn_dequantize_row(nn_type t, const void *src, float *dst, int64_t n)
 
 /* Activation blocks. Multiplying by 127/amax and rounding to nearest even is
  * what llama.cpp's x86 code does (quantize_row_q8_0/q8_1), so every tier
- * produces the same bytes as llama.cpp's AVX2 path; only d and s stay f32
- * here where ggml rounds them to f16. */
+ * produces the same bytes as llama.cpp's AVX2 path, and d and s hold the
+ * values ggml's f16 fields hold. */
 static void quantize_q8a_scalar(const float *x, nn_block_q8a *y, int64_t n)
 {
     for (int64_t i = 0; i < n / NN_QK; i++, x += NN_QK) {
@@ -268,8 +268,12 @@ static void quantize_q8a_scalar(const float *x, nn_block_q8a *y, int64_t n)
             y[i].qs[j] = (int8_t)q;
             sum += q;
         }
-        y[i].d = amax / 127.0f;
-        y[i].s = y[i].d * (float)sum;
+        /* ggml keeps d and s as f16 (s from the unrounded d): rounding them
+         * the same way makes every product equal llama.cpp's, not merely
+         * as accurate, so greedy decoding picks the same tokens. */
+        const float d = amax / 127.0f;
+        y[i].d = nn_f16_to_f32(nn_f32_to_f16(d));
+        y[i].s = nn_f16_to_f32(nn_f32_to_f16(d * (float)sum));
     }
 }
 

@@ -68,7 +68,9 @@ typedef struct nn_block_q8_0 {
 } nn_block_q8_0; /* 34 bytes */
 
 /* Activations quantized for a dot with quantized weights (not a file
- * format): value = qs[i] * d, s = d * sum(qs) (Q4_1's offset term). */
+ * format): value = qs[i] * d, s = d * sum(qs) (Q4_1's offset term). d and s
+ * hold f16-representable values, the ones llama.cpp's block_q8_0/q8_1 store,
+ * so products equal llama.cpp's exactly up to float summation order. */
 typedef struct nn_block_q8a {
     float d;
     float s;
@@ -91,7 +93,9 @@ void nn_dequantize_row(nn_type t, const void *src, float *dst, int64_t n);
 /* f32 to any supported type, with ggml's reference rounding (tests, and
  * weights converted at load). */
 void nn_quantize_row(nn_type t, const float *src, void *dst, int64_t n);
-/* f32 to activation blocks: d = max|x| / 127, qs = round(x / d). n % 32 == 0. */
+/* f32 to activation blocks as llama.cpp's x86 quantize_row_q8_1 makes them:
+ * qs = x * (127 / max|x|) rounded half to even, d = f16(max|x| / 127),
+ * s = f16(max|x| / 127 * sum(qs)). n % 32 == 0. */
 void nn_quantize_row_q8a(const float *x, nn_block_q8a *y, int64_t n);
 
 /* ------------------------------------------------------------------------ */

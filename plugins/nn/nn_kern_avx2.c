@@ -398,8 +398,12 @@ void nn_avx2_quantize_q8a(const float *x, nn_block_q8a *y, int64_t n)
         __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)y[i].qs, p);
-        y[i].d = amax / 127.0f;
-        y[i].s = y[i].d * (float)sum;
+        /* ggml keeps d and s as f16 (s from the unrounded d): rounding them
+         * the same way makes every product equal llama.cpp's, not merely
+         * as accurate, so greedy decoding picks the same tokens. */
+        const float d = amax / 127.0f;
+        y[i].d = nn_f16_to_f32(nn_f32_to_f16(d));
+        y[i].s = nn_f16_to_f32(nn_f32_to_f16(d * (float)sum));
     }
 }
 
