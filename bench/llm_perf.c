@@ -5,6 +5,10 @@
  *
  *   build/bench/llm_perf -m MODEL.gguf [-t THREADS] [-p PROMPT_TOKENS]
  *                        [-n GEN_TOKENS] [-np PARALLEL] [-r REPS] [--json]
+ *                        [--no-repack]
+ *
+ * Weights are repacked at load as the plugin does by default (its option
+ * `repack`); --no-repack measures the file layout.
  *
  * Reports, each as the median over REPS runs:
  *   pp   prompt processing tokens/s: one request of -p tokens, time to its
@@ -155,7 +159,7 @@ int main(int argc, char **argv)
 {
     const char *path = NULL;
     int threads = 2, pp = 512, tg = 128, np = 8, reps = 3;
-    bool json = false;
+    bool json = false, repack = true;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -173,9 +177,11 @@ int main(int argc, char **argv)
             reps = atoi(v), i++;
         else if (!strcmp(a, "--json"))
             json = true;
+        else if (!strcmp(a, "--no-repack"))
+            repack = false;
         else {
             fprintf(stderr, "usage: %s -m MODEL.gguf [-t THREADS] [-p PROMPT_TOKENS] "
-                    "[-n GEN_TOKENS] [-np PARALLEL] [-r REPS] [--json]\n", argv[0]);
+                    "[-n GEN_TOKENS] [-np PARALLEL] [-r REPS] [--json] [--no-repack]\n", argv[0]);
             return 2;
         }
     }
@@ -186,7 +192,8 @@ int main(int argc, char **argv)
     char err[512];
     llm_model *m;
     llm_vocab *v;
-    if (llm_model_load(path, &m, err, sizeof err) || llm_vocab_load(m->gguf, &v, err, sizeof err)) {
+    if (llm_model_load(path, &m, err, sizeof err) || llm_vocab_load(m->gguf, &v, err, sizeof err) ||
+        (repack && llm_model_repack(m, err, sizeof err))) {
         fprintf(stderr, "llm_perf: %s: %s\n", path, err);
         return 1;
     }
@@ -227,8 +234,8 @@ int main(int argc, char **argv)
     if (json)
         printf("{\"model\":\"%s\",\"threads\":%d,\"pp_tokens\":%d,\"tg_tokens\":%d,"
                "\"parallel\":%d,\"pp_tok_s\":%.2f,\"tg_tok_s\":%.2f,\"ttft_ms\":%.2f,"
-               "\"agg_tok_s\":%.2f}\n",
-               path, threads, pp, tg, np, mpp, mtg, mttft, magg);
+               "\"agg_tok_s\":%.2f,\"repack\":%s}\n",
+               path, threads, pp, tg, np, mpp, mtg, mttft, magg, repack ? "true" : "false");
     else
         printf("outpost llm_perf  %s  threads=%d\n"
                "  pp%-5d %10.2f tok/s\n"

@@ -307,6 +307,12 @@ GREEDY_RAW = [
     ("raw-counting", "1, 2, 3, 4, 5,"),
     ("raw-recipe", "To make a cup of tea, first"),
     ("raw-science", "Water boils at"),
+    ("raw-list", "Here are five tips for better sleep:\n1."),
+    ("raw-history", "The Roman Empire was"),
+    ("raw-json", '{"name": "Alice", "age": 30, "city":'),
+    ("raw-email", "Dear team,\n\nI am writing to"),
+    ("raw-math", "The derivative of x^2 is"),
+    ("raw-shell", "#!/bin/bash\n# Print every file in the current directory\n"),
 ]
 GREEDY_CHAT = [
     ("chat-capital", [{"role": "user", "content": "What is the capital of France?"}]),
@@ -317,6 +323,14 @@ GREEDY_CHAT = [
                          {"role": "assistant", "content": "I am SmolLM, an AI assistant."},
                          {"role": "user", "content": "What can you do?"}]),
     ("chat-unicode", [{"role": "user", "content": "Translate 'good morning' into French and Spanish."}]),
+    ("chat-math", [{"role": "user", "content": "What is 2+2?"}]),
+    ("chat-sky", [{"role": "user", "content": "What color is the sky on a clear day?"}]),
+    ("chat-ocean", [{"role": "user", "content": "Which ocean is the largest?"}]),
+    ("chat-python", [{"role": "user", "content": "Write a Python function that reverses a string."}]),
+    ("chat-explain", [{"role": "system", "content": "Answer in one sentence."},
+                      {"role": "user", "content": "Why do leaves change color in autumn?"}]),
+    ("chat-planets", [{"role": "user", "content": "Name the planets of the solar system in order."}]),
+    ("chat-advice", [{"role": "user", "content": "Give me three tips for learning a new language."}]),
 ]
 N_NEW = 64
 SETTINGS = {
@@ -326,7 +340,48 @@ SETTINGS = {
     "frequency_penalty": 0.0, "presence_penalty": 0.0, "max_new_tokens": N_NEW,
     "stop": "end-of-generation token (llama_vocab_is_eog), not included in completion_ids",
     "prompt": "evaluated in one batch from prompt_ids; then one token per decode",
+    "top_logits": "per completion step, the 5 highest logits as [id, logit] (4 decimals)",
+    "stable_prefix": "llama.cpp run twice more, with the prompt evaluated one token at a time "
+                     "and in chunks of 7 tokens: the number of leading completion ids on which "
+                     "all three runs agree",
 }
+
+
+TOP_LOGITS = 5
+
+
+def greedy_ids(llm, llama_cpp, vocab, prompt_ids, chunk, tops=None):
+    """Greedy continuation by argmax, the prompt evaluated in chunks of
+    `chunk` tokens (0: all at once). Returns (ids, margins, finish); appends
+    the TOP_LOGITS best [id, logit] pairs of every step to `tops` if given."""
+    llm.reset()
+    step = chunk or len(prompt_ids)
+    for i in range(0, len(prompt_ids), step):
+        llm.eval(prompt_ids[i:i + step])
+    ids, margins, finish = [], [], "length"
+    for _ in range(N_NEW):
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1),
+                                       shape=(llm.n_vocab(),)).astype(np.float32)
+        top2 = np.argpartition(-logits, 2)[:2]
+        tok = int(np.argmax(logits))
+        second = float(logits[top2[0]] if int(top2[0]) != tok else logits[top2[1]])
+        if tops is not None:
+            best = np.argsort(-logits, kind="stable")[:TOP_LOGITS]
+            tops.append([[int(b), round(float(logits[b]), 4)] for b in best])
+        if llama_cpp.llama_vocab_is_eog(vocab, tok):
+            finish = "stop"
+            break
+        ids.append(tok)
+        margins.append(round7(float(logits[tok]) - second))
+        llm.eval([tok])
+    return ids, margins, finish
+
+
+def common_prefix(*seqs):
+    n = 0
+    while all(n < len(s) for s in seqs) and len({s[n] for s in seqs}) == 1:
+        n += 1
+    return n
 
 
 def gen_greedy():
@@ -356,21 +411,14 @@ def gen_greedy():
             if len(sampled) == N_NEW:
                 break
         # 2) the same by hand from the logits, to record the top-1/top-2 margins
-        llm.reset()
-        llm.eval(prompt_ids)
-        ids, margins, finish = [], [], "length"
-        for _ in range(N_NEW):
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1),
-                                           shape=(llm.n_vocab(),)).astype(np.float32)
-            top2 = np.argpartition(-logits, 2)[:2]
-            tok = int(np.argmax(logits))
-            second = float(logits[top2[0]] if int(top2[0]) != tok else logits[top2[1]])
-            if llama_cpp.llama_vocab_is_eog(vocab, tok):
-                finish = "stop"
-                break
-            ids.append(tok)
-            margins.append(round7(float(logits[tok]) - second))
-            llm.eval([tok])
+        tops = []
+        ids, margins, finish = greedy_ids(llm, llama_cpp, vocab, prompt_ids, 0, tops)
+        # 3) llama.cpp's own reproducibility: other prompt batchings
+        one, _, _ = greedy_ids(llm, llama_cpp, vocab, prompt_ids, 1)
+        seven, _, _ = greedy_ids(llm, llama_cpp, vocab, prompt_ids, 7)
+        stable = common_prefix(ids, one, seven)
+        if stable == len(ids) and len(one) == len(ids) == len(seven):
+            stable = len(ids)
         if ids != sampled:
             die(f"greedy: {name}: sampler chain and argmax disagree:\n {sampled}\n {ids}")
         cases.append({
@@ -384,16 +432,22 @@ def gen_greedy():
             "completion_text": llm.detokenize(ids).decode("utf-8", errors="replace"),
             "finish_reason": finish,
             "top1_margins": margins,
+            "stable_prefix": stable,
+            "top_logits": tops[:len(ids)],
         })
         print(f"golden: greedy {name}: {len(prompt_ids)} prompt ids, {len(ids)} new ({finish}), "
-              f"min margin {min(margins) if margins else 0:.4f}")
+              f"min margin {min(margins) if margins else 0:.4f}, llama.cpp self-consistent "
+              f"for {stable}")
     obj = {
         "generator": generator(SCRIPT, llama_packages()),
         "model": gguf_model(),
         "settings": SETTINGS,
-        "notes": "top1_margins[i] = logit(top1) - logit(top2) at step i: small margins "
-                 "(say < 0.05) are near-ties where a different but correct kernel may pick "
-                 "the other token; the tests compare the first 32 ids.",
+        "notes": "top1_margins[i] = logit(top1) - logit(top2) at step i. llama.cpp's own "
+                 "logits move by up to about 0.6 when only the prompt's batching changes "
+                 "(8-bit activation rounding amplifies float-order differences), so near-ties "
+                 "are not determined by the model; stable_prefix says how far llama.cpp agrees "
+                 "with itself. The tests require the first 32 ids equal for every case stable "
+                 "that far.",
         "cases": cases,
     }
     write_json("smollm2_greedy.json", obj)
