@@ -1065,6 +1065,12 @@ static void route_api(op_http_req *r, op_runtime *rt)
         respond_error(r, 404, OP_API_ERR_NO_ROUTE, "no route for that URI");
 }
 
+void op_api_too_large(op_http_req *r, void *user)
+{
+    (void)user;
+    respond_error(r, 413, 413, "request body exceeds server.max_body_bytes");
+}
+
 void op_api_handle(op_http_req *r, void *user)
 {
     (void)user;

@@ -52,6 +52,9 @@ int op_api_in_flight(void);
 
 /* The op_http handler. user is unused. */
 void op_api_handle(op_http_req *req, void *user);
+/* op_http's too_large hook: a 413 in the error shape of the request's route
+ * (OpenAI's under /v1/... and .../ai/v1/..., else the Workers AI envelope). */
+void op_api_too_large(op_http_req *req, void *user);
 
 /* Writes the error envelope for (code, message) into a malloc'd string. */
 char *op_api_error_json(int code, const char *message);

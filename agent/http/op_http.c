@@ -410,6 +410,16 @@ static const char ERR_413[] = "{\"success\":false,\"errors\":[{\"code\":413,\"me
                               "\"request body exceeds server.max_body_bytes\"}],"
                               "\"messages\":[],\"result\":null}";
 
+static void answer_too_large(op_http_server *s, op_http_req *r)
+{
+    op_http_req_set_route(r, "body_limit");
+    if (s->opt.too_large)
+        s->opt.too_large(r, s->opt.user);
+    /* A handler that did not answer still gets the 413 (later calls are
+     * refused once one answer is queued). */
+    op_http_respond(r, 413, "application/json", ERR_413, sizeof ERR_413 - 1);
+}
+
 static enum MHD_Result queue_locked(op_http_req *r)
 {
     r->queued = true;
@@ -439,8 +449,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
             if (errno || *end || n > s->opt.max_body_bytes) {
                 /* Answer before reading the body; MHD closes the connection. */
                 r->too_large = true;
-                op_http_req_set_route(r, "body_limit");
-                op_http_respond(r, 413, "application/json", ERR_413, sizeof ERR_413 - 1);
+                answer_too_large(s, r);
                 pthread_mutex_lock(&r->mu);
                 enum MHD_Result res = queue_locked(r);
                 pthread_mutex_unlock(&r->mu);
@@ -488,8 +497,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
         r->handled = true;
         pthread_mutex_unlock(&r->mu);
         if (r->too_large) {
-            op_http_req_set_route(r, "body_limit");
-            op_http_respond(r, 413, "application/json", ERR_413, sizeof ERR_413 - 1);
+            answer_too_large(s, r);
         } else {
             s->opt.handler(r, s->opt.user);
         }

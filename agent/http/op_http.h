@@ -48,6 +48,11 @@ typedef struct op_http_options {
     int idle_timeout_s;        /* close idle keep-alive connections */
     op_http_handler handler;
     void *user;
+    /* Answers a request whose body is over max_body_bytes (synchronously,
+     * with op_http_respond; the body is not read). NULL: a 413 in the
+     * Workers AI envelope. The API layer sets it to pick the error shape of
+     * the route (OpenAI routes answer OpenAI's). */
+    op_http_handler too_large;
 } op_http_options;
 
 /* Binds and starts the worker threads. Returns NULL and writes why into err. */

@@ -237,6 +237,7 @@ int main(int argc, char **argv)
         .max_connections = cfg->server.max_connections,
         .idle_timeout_s = cfg->server.idle_timeout_s,
         .handler = op_api_handle,
+        .too_large = op_api_too_large,
         .user = NULL,
     };
     int grace = cfg->server.shutdown_grace_s;

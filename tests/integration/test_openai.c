@@ -1293,3 +1293,34 @@ Test(openai, minor_0_plugin_loads_and_serves)
     ts_response_free(&r);
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
+
+/* A body over server.max_body_bytes is refused before it is read, in the
+ * error shape of its route: OpenAI's here, the Workers AI envelope on
+ * /ai/run (test_agent.c checks that one). */
+Test(openai, oversized_body_is_a_413_in_openai_shape)
+{
+    ts_agent a;
+    ts_agent_start(&a, CONFIG);
+    size_t n = 70000;
+    char *big = malloc(n + 1);
+    memset(big, 'x', n);
+    const char *head = "{\"model\":\"@local/echo\",\"prompt\":\"";
+    memcpy(big, head, strlen(head));
+    big[n - 2] = '"';
+    big[n - 1] = '}';
+    big[n] = '\0';
+    ts_response r;
+    ts_http(&r, "POST", url(&a, "/v1/completions"), big,
+            (const char *const[]){"Content-Type: application/json", NULL});
+    cr_assert_eq(r.status, 413, "%ld %s", r.status, r.body);
+    cr_assert(strstr(r.body, "\"error\":{") && strstr(r.body, "invalid_request_error") &&
+                  strstr(r.body, "max_body_bytes"),
+              "%s", r.body);
+    ts_response_free(&r);
+    ts_http(&r, "POST", url(&a, "/ai/run/@local/echo"), big, NULL);
+    cr_assert_eq(r.status, 413, "%ld %s", r.status, r.body);
+    cr_assert(strstr(r.body, "\"success\":false") && strstr(r.body, "\"code\":413"), "%s", r.body);
+    ts_response_free(&r);
+    free(big);
+    cr_assert_eq(ts_agent_stop(&a), 0);
+}
