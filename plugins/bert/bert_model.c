@@ -4,12 +4,12 @@
  * Sections: config files, weights, scratch, forward pass.
  */
 #include "bert_model.h"
+#include "nn/nn_err.h"
 
 #include <cblas.h> /* pulls in <complex.h>: no variable may be named I */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,19 +29,6 @@
 #define MAX_SEQ 8192
 #define MAX_CONFIG_BYTES (1u << 20)
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ========================================================================
  * Config files
  * ======================================================================== */
@@ -54,25 +41,25 @@ static int load_json(const char *dir, const char *name, bool optional, json_t **
     *out = NULL;
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path) {
-        seterr(err, errlen, "model path too long");
+        nn_errf(err, errlen, "model path too long");
         return -1;
     }
     struct stat stb;
     if (stat(path, &stb) != 0) {
         if (optional && errno == ENOENT)
             return 0;
-        seterr(err, errlen, "cannot read %s: %s", name, strerror(errno));
+        nn_errf(err, errlen, "cannot read %s: %s", name, strerror(errno));
         return -1;
     }
     if (!S_ISREG(stb.st_mode) || stb.st_size > MAX_CONFIG_BYTES) {
-        seterr(err, errlen, "%s is not a regular file of at most %u bytes", name,
+        nn_errf(err, errlen, "%s is not a regular file of at most %u bytes", name,
                MAX_CONFIG_BYTES);
         return -1;
     }
     json_error_t jerr;
     json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!j) {
-        seterr(err, errlen, "%s is not valid JSON: %s (line %d)", name, jerr.text, jerr.line);
+        nn_errf(err, errlen, "%s is not valid JSON: %s (line %d)", name, jerr.text, jerr.line);
         return -1;
     }
     *out = j;
@@ -84,7 +71,7 @@ static int get_int(json_t *o, const char *file, const char *key, long lo, long h
 {
     json_t *v = json_object_get(o, key);
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
-        seterr(err, errlen, "%s: '%s' must be an integer in [%ld, %ld]", file, key, lo, hi);
+        nn_errf(err, errlen, "%s: '%s' must be an integer in [%ld, %ld]", file, key, lo, hi);
         return -1;
     }
     *out = (int)json_integer_value(v);
@@ -103,13 +90,13 @@ static int parse_config(const char *dir, bert_config *c, char *err, size_t errle
     const char *pe = json_string_value(json_object_get(j, "position_embedding_type"));
     json_t *eps = json_object_get(j, "layer_norm_eps");
     if (!json_is_object(j)) {
-        seterr(err, errlen, "%s is not a JSON object", f);
+        nn_errf(err, errlen, "%s is not a JSON object", f);
     } else if (!mt || strcmp(mt, "bert") != 0) {
-        seterr(err, errlen, "%s: model_type '%s' is not supported (bert)", f, mt ? mt : "missing");
+        nn_errf(err, errlen, "%s: model_type '%s' is not supported (bert)", f, mt ? mt : "missing");
     } else if (!act || strcmp(act, "gelu") != 0) {
-        seterr(err, errlen, "%s: hidden_act '%s' is not supported (gelu)", f, act ? act : "missing");
+        nn_errf(err, errlen, "%s: hidden_act '%s' is not supported (gelu)", f, act ? act : "missing");
     } else if (pe && strcmp(pe, "absolute") != 0) {
-        seterr(err, errlen, "%s: position_embedding_type '%s' is not supported (absolute)", f, pe);
+        nn_errf(err, errlen, "%s: position_embedding_type '%s' is not supported (absolute)", f, pe);
     } else if (get_int(j, f, "hidden_size", 1, MAX_HIDDEN, &c->hidden, err, errlen) == 0 &&
                get_int(j, f, "num_hidden_layers", 1, MAX_LAYERS, &c->layers, err, errlen) == 0 &&
                get_int(j, f, "num_attention_heads", 1, MAX_HIDDEN, &c->heads, err, errlen) == 0 &&
@@ -121,9 +108,9 @@ static int parse_config(const char *dir, bert_config *c, char *err, size_t errle
                get_int(j, f, "type_vocab_size", 1, 1 << 16, &c->type_vocab, err, errlen) == 0) {
         double e = json_number_value(eps);
         if (!json_is_number(eps) || !(e > 0 && e < 1)) {
-            seterr(err, errlen, "%s: 'layer_norm_eps' must be a number in (0, 1)", f);
+            nn_errf(err, errlen, "%s: 'layer_norm_eps' must be a number in (0, 1)", f);
         } else if (c->hidden % c->heads != 0) {
-            seterr(err, errlen, "%s: hidden_size %d is not a multiple of num_attention_heads %d",
+            nn_errf(err, errlen, "%s: hidden_size %d is not a multiple of num_attention_heads %d",
                    f, c->hidden, c->heads);
         } else {
             c->ln_eps = (float)e;
@@ -151,7 +138,7 @@ static int parse_st_configs(const char *dir, bert_config *c, char *err, size_t e
             return -1;
     }
     if (c->max_seq < 2) {
-        seterr(err, errlen, "max_position_embeddings %d leaves no room for [CLS] and [SEP]",
+        nn_errf(err, errlen, "max_position_embeddings %d leaves no room for [CLS] and [SEP]",
                c->max_pos);
         return -1;
     }
@@ -174,11 +161,11 @@ static int parse_st_configs(const char *dir, bert_config *c, char *err, size_t e
         json_t *dim = json_object_get(j, "word_embedding_dimension");
         int rc = 0;
         if (dim && (!json_is_integer(dim) || json_integer_value(dim) != c->hidden)) {
-            seterr(err, errlen, "1_Pooling/config.json: word_embedding_dimension is not "
+            nn_errf(err, errlen, "1_Pooling/config.json: word_embedding_dimension is not "
                    "hidden_size %d", c->hidden);
             rc = -1;
         } else if (n_on != 1 || !(on[0] || on[1])) {
-            seterr(err, errlen, "1_Pooling/config.json: exactly one of mean or cls pooling "
+            nn_errf(err, errlen, "1_Pooling/config.json: exactly one of mean or cls pooling "
                    "must be on (others are not supported)");
             rc = -1;
         }
@@ -194,7 +181,7 @@ static int parse_st_configs(const char *dir, bert_config *c, char *err, size_t e
     if (j) {
         if (!json_is_array(j)) {
             json_decref(j);
-            seterr(err, errlen, "modules.json is not an array");
+            nn_errf(err, errlen, "modules.json is not an array");
             return -1;
         }
         size_t i;
@@ -246,7 +233,7 @@ static const float *weight(bert_model *m, const char *prefix, const char *name, 
     snprintf(full, sizeof full, "%s%s", prefix, name);
     const st_tensor *t = st_find(m->st, full);
     if (!t) {
-        seterr(err, errlen, "model.safetensors: tensor '%s' is missing", full);
+        nn_errf(err, errlen, "model.safetensors: tensor '%s' is missing", full);
         return NULL;
     }
     int nd = d1 > 0 ? 2 : 1;
@@ -260,7 +247,7 @@ static const float *weight(bert_model *m, const char *prefix, const char *name, 
             snprintf(want, sizeof want, "%lld, %lld", (long long)d0, (long long)d1);
         else
             snprintf(want, sizeof want, "%lld", (long long)d0);
-        seterr(err, errlen, "model.safetensors: tensor '%s' has shape [%s], config.json needs [%s]",
+        nn_errf(err, errlen, "model.safetensors: tensor '%s' has shape [%s], config.json needs [%s]",
                full, have, want);
         return NULL;
     }
@@ -271,7 +258,7 @@ static const float *weight(bert_model *m, const char *prefix, const char *name, 
     } else if (t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) {
         float *q = own(m, n);
         if (!q) {
-            seterr(err, errlen, "out of memory");
+            nn_errf(err, errlen, "out of memory");
             return NULL;
         }
         const uint8_t *src = t->data;
@@ -286,12 +273,12 @@ static const float *weight(bert_model *m, const char *prefix, const char *name, 
         }
         p = q;
     } else {
-        seterr(err, errlen, "model.safetensors: tensor '%s' has dtype %s (F32, F16 or BF16 "
+        nn_errf(err, errlen, "model.safetensors: tensor '%s' has dtype %s (F32, F16 or BF16 "
                "needed)", full, st_dtype_name(t->dtype));
         return NULL;
     }
     if (!all_finite(p, n)) {
-        seterr(err, errlen, "model.safetensors: tensor '%s' holds non-finite values", full);
+        nn_errf(err, errlen, "model.safetensors: tensor '%s' holds non-finite values", full);
         return NULL;
     }
     return p;
@@ -316,7 +303,7 @@ static int load_weights(bert_model *m, char *err, size_t errlen)
     W(m->emb_ln_b, "embeddings.LayerNorm.bias", H, 0);
     m->layers = calloc((size_t)c->layers, sizeof(bert_layer));
     if (!m->layers) {
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         return -1;
     }
     for (int l = 0; l < c->layers; l++) {
@@ -348,7 +335,7 @@ static int load_weights(bert_model *m, char *err, size_t errlen)
         /* Q, K and V as one (3H, H) matrix: one GEMM instead of three. */
         float *w = own(m, (size_t)(3 * H * H)), *b = own(m, (size_t)(3 * H));
         if (!w || !b) {
-            seterr(err, errlen, "out of memory");
+            nn_errf(err, errlen, "out of memory");
             return -1;
         }
         memcpy(w, q_w, (size_t)(H * H) * sizeof(float));
@@ -388,7 +375,7 @@ int bert_model_load(const char *dir, bert_model **out, char *err, size_t errlen)
     *out = NULL;
     bert_model *m = calloc(1, sizeof(*m));
     if (!m) {
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         return -1;
     }
     if (parse_config(dir, &m->cfg, err, errlen) != 0 ||
@@ -396,12 +383,12 @@ int bert_model_load(const char *dir, bert_model **out, char *err, size_t errlen)
         goto fail;
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/model.safetensors", dir) >= sizeof path) {
-        seterr(err, errlen, "model path too long");
+        nn_errf(err, errlen, "model path too long");
         goto fail;
     }
     char sterr[384];
     if (st_open(path, &m->st, sterr, sizeof sterr) != 0) {
-        seterr(err, errlen, "model.safetensors: %s", sterr);
+        nn_errf(err, errlen, "model.safetensors: %s", sterr);
         goto fail;
     }
     if (load_weights(m, err, errlen) != 0)

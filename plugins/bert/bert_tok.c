@@ -9,10 +9,10 @@
  * soon as the output is known to be truncated.
  */
 #include "bert_tok.h"
+#include "nn/nn_err.h"
 
 #include <errno.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,19 +46,6 @@ struct bert_tok {
     size_t n_added;
     uint8_t added_first[32];    /* bitmap of the first bytes of added tokens */
 };
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ========================================================================
  * Vocabulary
@@ -120,12 +107,12 @@ void bert_tok_free(bert_tok *t)
 static int load_vocab(bert_tok *t, json_t *vocab, char *err, size_t errlen)
 {
     if (!json_is_object(vocab) || json_object_size(vocab) == 0) {
-        seterr(err, errlen, "tokenizer model.vocab must be a non-empty object");
+        nn_errf(err, errlen, "tokenizer model.vocab must be a non-empty object");
         return -1;
     }
     size_t n = json_object_size(vocab);
     if (n > BERT_TOK_MAX_VOCAB) {
-        seterr(err, errlen, "vocabulary of %zu entries (at most %d)", n, BERT_TOK_MAX_VOCAB);
+        nn_errf(err, errlen, "vocabulary of %zu entries (at most %d)", n, BERT_TOK_MAX_VOCAB);
         return -1;
     }
     const char *k;
@@ -134,12 +121,12 @@ static int load_vocab(bert_tok *t, json_t *vocab, char *err, size_t errlen)
     json_object_foreach(vocab, k, v) {
         if (!json_is_integer(v) || json_integer_value(v) < 0 ||
             json_integer_value(v) >= (json_int_t)n) {
-            seterr(err, errlen, "vocabulary entry '%.64s': id must be an integer in [0, %zu)", k, n);
+            nn_errf(err, errlen, "vocabulary entry '%.64s': id must be an integer in [0, %zu)", k, n);
             return -1;
         }
         size_t len = strlen(k);
         if (len == 0 || len > BERT_TOK_MAX_PIECE) {
-            seterr(err, errlen, "vocabulary entry of %zu bytes (must be 1..%d)", len,
+            nn_errf(err, errlen, "vocabulary entry of %zu bytes (must be 1..%d)", len,
                    BERT_TOK_MAX_PIECE);
             return -1;
         }
@@ -154,7 +141,7 @@ static int load_vocab(bert_tok *t, json_t *vocab, char *err, size_t errlen)
         cap *= 2;
     t->slots = malloc(cap * sizeof(int32_t));
     if (!t->tokens || !t->lens || !t->slots) {
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         return -1;
     }
     memset(t->slots, 0xff, cap * sizeof(int32_t));
@@ -162,13 +149,13 @@ static int load_vocab(bert_tok *t, json_t *vocab, char *err, size_t errlen)
     json_object_foreach(vocab, k, v) {
         int32_t id = (int32_t)json_integer_value(v);
         if (t->tokens[id]) {
-            seterr(err, errlen, "vocabulary id %d is used twice ('%.64s' and '%.64s')", id,
+            nn_errf(err, errlen, "vocabulary id %d is used twice ('%.64s' and '%.64s')", id,
                    t->tokens[id], k);
             return -1;
         }
         size_t len = strlen(k);
         if (!(t->tokens[id] = strdup(k))) {
-            seterr(err, errlen, "out of memory");
+            nn_errf(err, errlen, "out of memory");
             return -1;
         }
         t->lens[id] = (uint32_t)len;
@@ -210,12 +197,12 @@ static int load_added(bert_tok *t, json_t *added, char *err, size_t errlen)
     if (!added || json_is_null(added))
         return 0;
     if (!json_is_array(added) || json_array_size(added) > MAX_ADDED) {
-        seterr(err, errlen, "tokenizer added_tokens must be an array of at most %d", MAX_ADDED);
+        nn_errf(err, errlen, "tokenizer added_tokens must be an array of at most %d", MAX_ADDED);
         return -1;
     }
     t->added = calloc(json_array_size(added) + 1, sizeof(added_tok));
     if (!t->added) {
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         return -1;
     }
     size_t i;
@@ -224,7 +211,7 @@ static int load_added(bert_tok *t, json_t *added, char *err, size_t errlen)
         json_t *content = json_object_get(a, "content"), *id = json_object_get(a, "id");
         if (!json_is_string(content) || !json_is_integer(id) || json_integer_value(id) < 0 ||
             json_integer_value(id) >= t->n_ids) {
-            seterr(err, errlen, "tokenizer added_tokens[%zu] needs a string 'content' and an id "
+            nn_errf(err, errlen, "tokenizer added_tokens[%zu] needs a string 'content' and an id "
                    "in the vocabulary", i);
             return -1;
         }
@@ -233,7 +220,7 @@ static int load_added(bert_tok *t, json_t *added, char *err, size_t errlen)
             continue;
         added_tok *at = &t->added[t->n_added];
         if (!(at->s = strdup(json_string_value(content)))) {
-            seterr(err, errlen, "out of memory");
+            nn_errf(err, errlen, "out of memory");
             return -1;
         }
         at->len = strlen(at->s);
@@ -257,7 +244,7 @@ static int load_post(bert_tok *t, json_t *post, char *err, size_t errlen)
         json_t *last = json_object_get(json_array_get(single, 2), "SpecialToken");
         json_t *specials = json_object_get(post, "special_tokens");
         if (json_array_size(single) != 3 || !first || !seq || !last) {
-            seterr(err, errlen, "tokenizer post_processor: only the single template "
+            nn_errf(err, errlen, "tokenizer post_processor: only the single template "
                    "'<special> $A <special>' is supported");
             return -1;
         }
@@ -270,7 +257,7 @@ static int load_post(bert_tok *t, json_t *post, char *err, size_t errlen)
             json_t *id = json_array_get(arr, 0);
             if (json_array_size(arr) != 1 || !json_is_integer(id) || json_integer_value(id) < 0 ||
                 json_integer_value(id) >= t->n_ids) {
-                seterr(err, errlen, "tokenizer post_processor: special token '%.64s' has no "
+                nn_errf(err, errlen, "tokenizer post_processor: special token '%.64s' has no "
                        "single id in the vocabulary", names[k] ? names[k] : "?");
                 return -1;
             }
@@ -286,7 +273,7 @@ static int load_post(bert_tok *t, json_t *post, char *err, size_t errlen)
         if (!json_is_integer(cls) || !json_is_integer(sep) || json_integer_value(cls) < 0 ||
             json_integer_value(sep) < 0 || json_integer_value(cls) >= t->n_ids ||
             json_integer_value(sep) >= t->n_ids) {
-            seterr(err, errlen, "tokenizer post_processor: bad cls/sep ids");
+            nn_errf(err, errlen, "tokenizer post_processor: bad cls/sep ids");
             return -1;
         }
         t->cls = (int32_t)json_integer_value(cls);
@@ -299,7 +286,7 @@ static int load_post(bert_tok *t, json_t *post, char *err, size_t errlen)
         if (t->cls >= 0 && t->sep >= 0)
             return 0;
     }
-    seterr(err, errlen, "tokenizer post_processor '%.32s' is not supported (TemplateProcessing "
+    nn_errf(err, errlen, "tokenizer post_processor '%.32s' is not supported (TemplateProcessing "
            "or BertProcessing)", type ? type : "null");
     return -1;
 }
@@ -309,7 +296,7 @@ static int load_root(bert_tok *t, json_t *root, char *err, size_t errlen)
     json_t *model = json_object_get(root, "model");
     const char *mtype = json_string_value(json_object_get(model, "type"));
     if (!mtype || strcmp(mtype, "WordPiece") != 0) {
-        seterr(err, errlen, "tokenizer model type '%.32s' is not WordPiece",
+        nn_errf(err, errlen, "tokenizer model type '%.32s' is not WordPiece",
                mtype ? mtype : "missing");
         return -1;
     }
@@ -317,13 +304,13 @@ static int load_root(bert_tok *t, json_t *root, char *err, size_t errlen)
         return -1;
     json_t *unk = json_object_get(model, "unk_token");
     if (!json_is_string(unk) || (t->unk = bert_tok_id(t, json_string_value(unk))) < 0) {
-        seterr(err, errlen, "tokenizer unk_token is missing or not in the vocabulary");
+        nn_errf(err, errlen, "tokenizer unk_token is missing or not in the vocabulary");
         return -1;
     }
     json_t *prefix = json_object_get(model, "continuing_subword_prefix");
     const char *p = prefix ? json_string_value(prefix) : "##";
     if (!p || strlen(p) >= sizeof t->prefix) {
-        seterr(err, errlen, "tokenizer continuing_subword_prefix must be a short string");
+        nn_errf(err, errlen, "tokenizer continuing_subword_prefix must be a short string");
         return -1;
     }
     strcpy(t->prefix, p);
@@ -333,7 +320,7 @@ static int load_root(bert_tok *t, json_t *root, char *err, size_t errlen)
     if (mc) {
         if (!json_is_integer(mc) || json_integer_value(mc) < 1 ||
             json_integer_value(mc) > MAX_WORD_CHARS) {
-            seterr(err, errlen, "tokenizer max_input_chars_per_word must be in 1..%d",
+            nn_errf(err, errlen, "tokenizer max_input_chars_per_word must be in 1..%d",
                    MAX_WORD_CHARS);
             return -1;
         }
@@ -343,7 +330,7 @@ static int load_root(bert_tok *t, json_t *root, char *err, size_t errlen)
     json_t *norm = json_object_get(root, "normalizer");
     const char *ntype = json_string_value(json_object_get(norm, "type"));
     if (!ntype || strcmp(ntype, "BertNormalizer") != 0) {
-        seterr(err, errlen, "tokenizer normalizer '%.32s' is not supported (BertNormalizer)",
+        nn_errf(err, errlen, "tokenizer normalizer '%.32s' is not supported (BertNormalizer)",
                ntype ? ntype : "null");
         return -1;
     }
@@ -352,7 +339,7 @@ static int load_root(bert_tok *t, json_t *root, char *err, size_t errlen)
         !json_flag(norm, "handle_chinese_chars", true, &t->chinese) ||
         !json_flag(norm, "lowercase", true, &t->lowercase) ||
         (sa && !json_is_null(sa) && !json_is_boolean(sa))) {
-        seterr(err, errlen, "tokenizer normalizer flags must be booleans");
+        nn_errf(err, errlen, "tokenizer normalizer flags must be booleans");
         return -1;
     }
     t->strip_accents = (!sa || json_is_null(sa)) ? t->lowercase : json_is_true(sa);
@@ -360,7 +347,7 @@ static int load_root(bert_tok *t, json_t *root, char *err, size_t errlen)
     json_t *pre = json_object_get(root, "pre_tokenizer");
     const char *ptype = json_string_value(json_object_get(pre, "type"));
     if (!ptype || strcmp(ptype, "BertPreTokenizer") != 0) {
-        seterr(err, errlen, "tokenizer pre_tokenizer '%.32s' is not supported (BertPreTokenizer)",
+        nn_errf(err, errlen, "tokenizer pre_tokenizer '%.32s' is not supported (BertPreTokenizer)",
                ptype ? ptype : "null");
         return -1;
     }
@@ -375,16 +362,16 @@ int bert_tok_load_mem(const char *json, size_t len, bert_tok **out, char *err, s
     json_error_t jerr;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        seterr(err, errlen, "tokenizer.json is not valid JSON: %s (line %d)", jerr.text,
+        nn_errf(err, errlen, "tokenizer.json is not valid JSON: %s (line %d)", jerr.text,
                jerr.line);
         return -1;
     }
     bert_tok *t = calloc(1, sizeof(*t));
     int rc = -1;
     if (!t)
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
     else if (!json_is_object(root))
-        seterr(err, errlen, "tokenizer.json is not a JSON object");
+        nn_errf(err, errlen, "tokenizer.json is not a JSON object");
     else
         rc = load_root(t, root, err, errlen);
     json_decref(root);
@@ -401,19 +388,19 @@ int bert_tok_load(const char *path, bert_tok **out, char *err, size_t errlen)
     *out = NULL;
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        seterr(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        nn_errf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
         return -1;
     }
     struct stat stb;
     if (fstat(fileno(fp), &stb) != 0 || !S_ISREG(stb.st_mode) || stb.st_size > MAX_FILE) {
-        seterr(err, errlen, "'%s' is not a regular file of at most %u bytes", path, MAX_FILE);
+        nn_errf(err, errlen, "'%s' is not a regular file of at most %u bytes", path, MAX_FILE);
         fclose(fp);
         return -1;
     }
     size_t n = (size_t)stb.st_size;
     char *buf = malloc(n + 1);
     if (!buf || fread(buf, 1, n, fp) != n) {
-        seterr(err, errlen, "cannot read '%s'", path);
+        nn_errf(err, errlen, "cannot read '%s'", path);
         free(buf);
         fclose(fp);
         return -1;

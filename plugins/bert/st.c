@@ -8,11 +8,11 @@
  * failure writes err and unwinds; nothing is partially returned.
  */
 #include "st.h"
+#include "nn/nn_err.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,19 +59,6 @@ const char *st_dtype_name(st_dtype t)
     return (unsigned)t < ST_DTYPE_COUNT ? dtypes[t].name : "?";
 }
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* A name for messages: at most 64 bytes of it, quoted by the caller. */
 #define NAME_FMT "%.64s%s"
 #define NAME_ARG(s) (s), (strlen(s) > 64 ? "..." : "")
@@ -113,21 +100,21 @@ static int parse_tensor(st_file *f, const char *name, json_t *v, st_tensor *t, c
 {
     uint64_t data_len = f->size - f->data_offset;
     if (!json_is_object(v)) {
-        seterr(err, errlen, "tensor '" NAME_FMT "': entry is not an object", NAME_ARG(name));
+        nn_errf(err, errlen, "tensor '" NAME_FMT "': entry is not an object", NAME_ARG(name));
         return -1;
     }
     json_t *dtype = json_object_get(v, "dtype");
     json_t *shape = json_object_get(v, "shape");
     json_t *offs = json_object_get(v, "data_offsets");
     if (!dtype || !shape || !offs || json_object_size(v) != 3) {
-        seterr(err, errlen,
+        nn_errf(err, errlen,
                "tensor '" NAME_FMT "': entry must have exactly 'dtype', 'shape' and "
                "'data_offsets'",
                NAME_ARG(name));
         return -1;
     }
     if (!json_is_string(dtype)) {
-        seterr(err, errlen, "tensor '" NAME_FMT "': dtype is not a string", NAME_ARG(name));
+        nn_errf(err, errlen, "tensor '" NAME_FMT "': dtype is not a string", NAME_ARG(name));
         return -1;
     }
     const char *ds = json_string_value(dtype);
@@ -137,12 +124,12 @@ static int parse_tensor(st_file *f, const char *name, json_t *v, st_tensor *t, c
             dt = k;
     }
     if (dt < 0) {
-        seterr(err, errlen, "tensor '" NAME_FMT "': unknown dtype '%.32s'", NAME_ARG(name), ds);
+        nn_errf(err, errlen, "tensor '" NAME_FMT "': unknown dtype '%.32s'", NAME_ARG(name), ds);
         return -1;
     }
     t->dtype = (st_dtype)dt;
     if (!json_is_array(shape) || json_array_size(shape) > ST_MAX_DIMS) {
-        seterr(err, errlen, "tensor '" NAME_FMT "': shape must be an array of at most %d integers",
+        nn_errf(err, errlen, "tensor '" NAME_FMT "': shape must be an array of at most %d integers",
                NAME_ARG(name), ST_MAX_DIMS);
         return -1;
     }
@@ -151,37 +138,37 @@ static int parse_tensor(st_file *f, const char *name, json_t *v, st_tensor *t, c
     for (int d = 0; d < t->n_dims; d++) {
         uint64_t dim;
         if (!get_uint(json_array_get(shape, (size_t)d), INT64_MAX, &dim)) {
-            seterr(err, errlen, "tensor '" NAME_FMT "': shape[%d] is not a non-negative integer",
+            nn_errf(err, errlen, "tensor '" NAME_FMT "': shape[%d] is not a non-negative integer",
                    NAME_ARG(name), d);
             return -1;
         }
         t->shape[d] = (int64_t)dim;
         if (__builtin_mul_overflow(n, dim, &n)) {
-            seterr(err, errlen, "tensor '" NAME_FMT "': element count overflows", NAME_ARG(name));
+            nn_errf(err, errlen, "tensor '" NAME_FMT "': element count overflows", NAME_ARG(name));
             return -1;
         }
     }
     t->n_elements = n;
     if (__builtin_mul_overflow(n, (uint64_t)dtypes[dt].size, &t->nbytes)) {
-        seterr(err, errlen, "tensor '" NAME_FMT "': byte size overflows", NAME_ARG(name));
+        nn_errf(err, errlen, "tensor '" NAME_FMT "': byte size overflows", NAME_ARG(name));
         return -1;
     }
     uint64_t begin, end;
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
         !get_uint(json_array_get(offs, 0), INT64_MAX, &begin) ||
         !get_uint(json_array_get(offs, 1), INT64_MAX, &end)) {
-        seterr(err, errlen,
+        nn_errf(err, errlen,
                "tensor '" NAME_FMT "': data_offsets must be two non-negative integers",
                NAME_ARG(name));
         return -1;
     }
     if (begin > end) {
-        seterr(err, errlen, "tensor '" NAME_FMT "': data_offsets [%llu, %llu) are reversed",
+        nn_errf(err, errlen, "tensor '" NAME_FMT "': data_offsets [%llu, %llu) are reversed",
                NAME_ARG(name), (unsigned long long)begin, (unsigned long long)end);
         return -1;
     }
     if (end > data_len) {
-        seterr(err, errlen,
+        nn_errf(err, errlen,
                "tensor '" NAME_FMT "': data_offsets [%llu, %llu) past the end of the data "
                "section (%llu bytes)",
                NAME_ARG(name), (unsigned long long)begin, (unsigned long long)end,
@@ -189,7 +176,7 @@ static int parse_tensor(st_file *f, const char *name, json_t *v, st_tensor *t, c
         return -1;
     }
     if (end - begin != t->nbytes) {
-        seterr(err, errlen,
+        nn_errf(err, errlen,
                "tensor '" NAME_FMT "': data_offsets span %llu bytes but %s shape needs %llu",
                NAME_ARG(name), (unsigned long long)(end - begin), dtypes[dt].name,
                (unsigned long long)t->nbytes);
@@ -203,20 +190,20 @@ static int parse_tensor(st_file *f, const char *name, json_t *v, st_tensor *t, c
 static int parse_metadata(st_file *f, json_t *meta, char *err, size_t errlen)
 {
     if (!json_is_object(meta)) {
-        seterr(err, errlen, "__metadata__ is not an object");
+        nn_errf(err, errlen, "__metadata__ is not an object");
         return -1;
     }
     size_t n = json_object_size(meta);
     f->meta = calloc(n ? 2 * n : 1, sizeof(char *));
     if (!f->meta) {
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         return -1;
     }
     const char *k;
     json_t *v;
     json_object_foreach(meta, k, v) {
         if (!json_is_string(v)) {
-            seterr(err, errlen, "__metadata__ value '%.64s' is not a string", k);
+            nn_errf(err, errlen, "__metadata__ value '%.64s' is not a string", k);
             return -1;
         }
         char *ks = strdup(k), *vs = strdup(json_string_value(v));
@@ -224,7 +211,7 @@ static int parse_metadata(st_file *f, json_t *meta, char *err, size_t errlen)
         f->meta[2 * f->n_meta + 1] = vs;
         f->n_meta++;
         if (!ks || !vs) {
-            seterr(err, errlen, "out of memory");
+            nn_errf(err, errlen, "out of memory");
             return -1;
         }
     }
@@ -239,46 +226,46 @@ static int cmp_tensor(const void *a, const void *b)
 static int parse(st_file *f, char *err, size_t errlen)
 {
     if (f->size < 8) {
-        seterr(err, errlen, "file too short for a safetensors header (%llu bytes)",
+        nn_errf(err, errlen, "file too short for a safetensors header (%llu bytes)",
                (unsigned long long)f->size);
         return -1;
     }
     uint64_t n;
     memcpy(&n, f->base, 8);
     if (n > ST_MAX_HEADER) {
-        seterr(err, errlen, "header length %llu exceeds the limit of %u bytes",
+        nn_errf(err, errlen, "header length %llu exceeds the limit of %u bytes",
                (unsigned long long)n, ST_MAX_HEADER);
         return -1;
     }
     if (n > f->size - 8) {
-        seterr(err, errlen, "header length %llu past the end of the file (%llu bytes)",
+        nn_errf(err, errlen, "header length %llu past the end of the file (%llu bytes)",
                (unsigned long long)n, (unsigned long long)f->size);
         return -1;
     }
     if (n < 2 || f->base[8] != '{') {
-        seterr(err, errlen, "header is not a JSON object");
+        nn_errf(err, errlen, "header is not a JSON object");
         return -1;
     }
     f->data_offset = 8 + n;
     json_error_t jerr;
     json_t *root = json_loadb((const char *)f->base + 8, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        seterr(err, errlen, "header is not valid JSON: %s at byte %d", jerr.text, jerr.position);
+        nn_errf(err, errlen, "header is not valid JSON: %s at byte %d", jerr.text, jerr.position);
         return -1;
     }
     int rc = -1;
     if (!json_is_object(root)) {
-        seterr(err, errlen, "header is not a JSON object");
+        nn_errf(err, errlen, "header is not a JSON object");
         goto out;
     }
     size_t count = json_object_size(root);
     if (count > ST_MAX_TENSORS + 1) {
-        seterr(err, errlen, "too many tensors (%zu, at most %u)", count, ST_MAX_TENSORS);
+        nn_errf(err, errlen, "too many tensors (%zu, at most %u)", count, ST_MAX_TENSORS);
         goto out;
     }
     f->tensors = calloc(count ? count : 1, sizeof(st_tensor));
     if (!f->tensors) {
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         goto out;
     }
     const char *key;
@@ -291,11 +278,11 @@ static int parse(st_file *f, char *err, size_t errlen)
         }
         size_t klen = strlen(key);
         if (klen == 0 || klen > ST_MAX_NAME) {
-            seterr(err, errlen, "tensor name of %zu bytes (must be 1..%d)", klen, ST_MAX_NAME);
+            nn_errf(err, errlen, "tensor name of %zu bytes (must be 1..%d)", klen, ST_MAX_NAME);
             goto out;
         }
         if (f->n_tensors >= ST_MAX_TENSORS) {
-            seterr(err, errlen, "too many tensors (at most %u)", ST_MAX_TENSORS);
+            nn_errf(err, errlen, "too many tensors (at most %u)", ST_MAX_TENSORS);
             goto out;
         }
         st_tensor *t = &f->tensors[f->n_tensors];
@@ -303,7 +290,7 @@ static int parse(st_file *f, char *err, size_t errlen)
             goto out;
         t->name = strdup(key);
         if (!t->name) {
-            seterr(err, errlen, "out of memory");
+            nn_errf(err, errlen, "out of memory");
             goto out;
         }
         f->n_tensors++;
@@ -320,12 +307,12 @@ int st_open_mem(const void *buf, size_t len, st_file **out, char *err, size_t er
 {
     *out = NULL;
     if (!buf && len) {
-        seterr(err, errlen, "no buffer");
+        nn_errf(err, errlen, "no buffer");
         return -1;
     }
     st_file *f = calloc(1, sizeof(*f));
     if (!f) {
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         return -1;
     }
     f->base = buf;
@@ -343,17 +330,17 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen)
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        seterr(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        nn_errf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
         return -1;
     }
     struct stat stb;
     if (fstat(fd, &stb) != 0 || !S_ISREG(stb.st_mode)) {
-        seterr(err, errlen, "'%s' is not a regular file", path);
+        nn_errf(err, errlen, "'%s' is not a regular file", path);
         close(fd);
         return -1;
     }
     if (stb.st_size < 8) {
-        seterr(err, errlen, "file too short for a safetensors header (%lld bytes)",
+        nn_errf(err, errlen, "file too short for a safetensors header (%lld bytes)",
                (long long)stb.st_size);
         close(fd);
         return -1;
@@ -363,13 +350,13 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen)
     int saved = errno;
     close(fd);
     if (map == MAP_FAILED) {
-        seterr(err, errlen, "cannot map '%s': %s", path, strerror(saved));
+        nn_errf(err, errlen, "cannot map '%s': %s", path, strerror(saved));
         return -1;
     }
     st_file *f = calloc(1, sizeof(*f));
     if (!f) {
         munmap(map, len);
-        seterr(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         return -1;
     }
     f->base = map;

@@ -6,8 +6,8 @@
  * read out of a Jinja string literal; nothing in the template is executed.
  */
 #include "llm_chat.h"
+#include "nn/nn_err.h"
 
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,19 +22,6 @@ struct llm_chat {
     size_t default_system_len;
     const char *eot;      /* Zephyr: what closes a turn */
 };
-
-static int chat_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int chat_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static bool has(const char *t, size_t len, const char *needle)
 {
@@ -152,24 +139,24 @@ int llm_chat_detect(const char *tmpl, size_t len, llm_chat **out, char *err, siz
 {
     *out = NULL;
     if (!tmpl)
-        return chat_fail(err, errlen, "no chat template in the model (tokenizer.chat_template); set "
+        return nn_errf(err, errlen, "no chat template in the model (tokenizer.chat_template); set "
                                  "chat_template: none to serve raw prompts");
     llm_chat *c = calloc(1, sizeof *c);
     if (!c)
-        return chat_fail(err, errlen, "out of memory");
+        return nn_errf(err, errlen, "out of memory");
 
     if (has(tmpl, len, "<|im_start|>")) {
         if (has(tmpl, len, "<|im_sep|>")) {
             /* Phi-4: ChatML markers with a different separator. */
             free(c);
-            return chat_fail(err, errlen, "chat template uses '<|im_start|>' with '<|im_sep|>' (Phi-4 "
+            return nn_errf(err, errlen, "chat template uses '<|im_start|>' with '<|im_sep|>' (Phi-4 "
                                      "style), which is not supported; set chat_template: none to "
                                      "serve raw prompts");
         }
         c->kind = LLM_CHAT_CHATML;
         if (find_default_system(c, tmpl, len) != 0) {
             free(c);
-            return chat_fail(err, errlen, "out of memory");
+            return nn_errf(err, errlen, "out of memory");
         }
     } else if (has(tmpl, len, "<|start_header_id|>") && has(tmpl, len, "<|end_header_id|>")) {
         c->kind = LLM_CHAT_LLAMA3;
@@ -177,7 +164,7 @@ int llm_chat_detect(const char *tmpl, size_t len, llm_chat **out, char *err, siz
         if (has(tmpl, len, "<|end|>")) {
             /* Phi-3 closes turns with <|end|>: another family. */
             free(c);
-            return chat_fail(err, errlen, "chat template uses '<|user|>' with '<|end|>' (Phi-3 style), "
+            return nn_errf(err, errlen, "chat template uses '<|user|>' with '<|end|>' (Phi-3 style), "
                                      "which is not supported; set chat_template: none to serve raw "
                                      "prompts");
         }
@@ -187,7 +174,7 @@ int llm_chat_detect(const char *tmpl, size_t len, llm_chat **out, char *err, siz
         c->eot = has(tmpl, len, "<|endoftext|>") ? "<|endoftext|>" : "</s>";
     } else {
         free(c);
-        return chat_fail(err, errlen,
+        return nn_errf(err, errlen,
                     "chat template not recognised: looked for ChatML ('<|im_start|>'), Llama 3 "
                     "('<|start_header_id|>' and '<|end_header_id|>') and Zephyr ('<|user|>' and "
                     "'<|assistant|>'); set chat_template: none to serve raw prompts");
@@ -296,13 +283,13 @@ int llm_chat_render(const llm_chat *c, const llm_chat_msg *msgs, size_t n, char 
     *out = NULL;
     *out_len = 0;
     if (!c || c->kind == LLM_CHAT_NONE)
-        return chat_fail(err, errlen, "the model has no chat template (chat_template: none): send a "
+        return nn_errf(err, errlen, "the model has no chat template (chat_template: none): send a "
                                  "raw prompt");
     if (n == 0)
-        return chat_fail(err, errlen, "no messages");
+        return nn_errf(err, errlen, "no messages");
     for (size_t i = 0; i < n; i++)
         if (!msgs[i].role || (!msgs[i].content && msgs[i].content_len > 0))
-            return chat_fail(err, errlen, "message %zu: no role or content", i);
+            return nn_errf(err, errlen, "message %zu: no role or content", i);
 
     sbuf b = {0};
     switch (c->kind) {
@@ -351,7 +338,7 @@ int llm_chat_render(const llm_chat *c, const llm_chat_msg *msgs, size_t n, char 
     }
     if (b.oom) {
         free(b.p);
-        return chat_fail(err, errlen, "out of memory");
+        return nn_errf(err, errlen, "out of memory");
     }
     *out = b.p;
     *out_len = b.len;

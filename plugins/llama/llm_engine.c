@@ -8,10 +8,10 @@
  * happen under mu only because admission looks at the queue).
  */
 #include "llm_engine.h"
+#include "nn/nn_err.h"
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,18 +78,6 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void metric(llm_engine *e, int id, double v)
 {
     if (e->cb.metric)
@@ -135,28 +123,28 @@ int llm_engine_submit(llm_engine *e, llm_job *job, char *err, size_t errlen)
 {
     int ctx = e->o.ctx;
     if (job->n_prompt < 1 || !job->prompt) {
-        errf(err, errlen, "the prompt is empty");
+        nn_errf(err, errlen, "the prompt is empty");
         goto refuse_invalid;
     }
     if (job->n_prompt >= ctx) {
-        errf(err, errlen, "the prompt is %d tokens; this model's context is %d tokens", job->n_prompt,
+        nn_errf(err, errlen, "the prompt is %d tokens; this model's context is %d tokens", job->n_prompt,
              ctx);
         goto refuse_invalid;
     }
     for (int i = 0; i < job->n_prompt; i++)
         if (job->prompt[i] < 0 || job->prompt[i] >= e->m->hp.n_vocab) {
-            errf(err, errlen, "token id %d is outside the vocabulary (%d tokens)", job->prompt[i],
+            nn_errf(err, errlen, "token id %d is outside the vocabulary (%d tokens)", job->prompt[i],
                  e->m->hp.n_vocab);
             goto refuse_invalid;
         }
     if (job->max_tokens < 1) {
-        errf(err, errlen, "max_tokens must be at least 1");
+        nn_errf(err, errlen, "max_tokens must be at least 1");
         goto refuse_invalid;
     }
     req *r = calloc(1, sizeof *r);
     if (!r || llm_text_init(&r->text, job->stop, job->n_stop)) {
         free(r);
-        errf(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         free(job->prompt);
         free(job);
         return OUTPOST_ERR_INTERNAL;
@@ -170,7 +158,7 @@ int llm_engine_submit(llm_engine *e, llm_job *job, char *err, size_t errlen)
     pthread_mutex_lock(&e->mu);
     if (e->stopping) {
         pthread_mutex_unlock(&e->mu);
-        errf(err, errlen, "the model is being unloaded");
+        nn_errf(err, errlen, "the model is being unloaded");
         free_req(r);
         return OUTPOST_ERR_UNAVAILABLE;
     }
@@ -178,7 +166,7 @@ int llm_engine_submit(llm_engine *e, llm_job *job, char *err, size_t errlen)
     if (e->n_queued >= e->o.max_queue + (e->o.max_batch - e->n_active)) {
         int q = e->n_queued;
         pthread_mutex_unlock(&e->mu);
-        errf(err, errlen, "the model is busy: %d requests are queued; retry later", q);
+        nn_errf(err, errlen, "the model is busy: %d requests are queued; retry later", q);
         free_req(r);
         return OUTPOST_ERR_RESOURCE_EXHAUSTED;
     }
@@ -538,12 +526,12 @@ llm_engine *llm_engine_new(const llm_model *m, const llm_vocab *v, const llm_eng
 {
     if (o->threads < 1 || o->max_batch < 1 || o->max_queue < 0 || o->ctx < 2 ||
         o->kv_tokens < o->ctx || o->batch_tokens < o->max_batch || !cb->on_done) {
-        errf(err, errlen, "invalid engine options");
+        nn_errf(err, errlen, "invalid engine options");
         return NULL;
     }
     llm_engine *e = calloc(1, sizeof *e);
     if (!e) {
-        errf(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         return NULL;
     }
     e->m = m;
@@ -559,26 +547,26 @@ llm_engine *llm_engine_new(const llm_model *m, const llm_vocab *v, const llm_eng
     e->seqs = calloc((size_t)o->max_batch, sizeof *e->seqs);
     e->logits = malloc((size_t)o->max_batch * (size_t)hp->n_vocab * sizeof *e->logits);
     if (!e->kv || !e->active || !e->rows || !e->seqs || !e->logits) {
-        errf(err, errlen, "out of memory for a KV cache of %d tokens", o->kv_tokens);
+        nn_errf(err, errlen, "out of memory for a KV cache of %d tokens", o->kv_tokens);
         llm_engine_free(e);
         return NULL;
     }
     e->pool = nn_pool_new(o->threads, "llm");
     if (!e->pool) {
-        errf(err, errlen, "cannot start %d compute threads", o->threads);
+        nn_errf(err, errlen, "cannot start %d compute threads", o->threads);
         llm_engine_free(e);
         return NULL;
     }
     e->fwd = llm_fwd_new(m, e->kv, e->pool, o->batch_tokens, o->max_batch, o->ctx);
     if (!e->fwd) {
-        errf(err, errlen, "out of memory for forward-pass buffers");
+        nn_errf(err, errlen, "out of memory for forward-pass buffers");
         llm_engine_free(e);
         return NULL;
     }
     metric(e, OUTPOST_METRIC_KV_CAPACITY_TOKENS, llm_kv_capacity_tokens(e->kv));
     int rc = pthread_create(&e->thread, NULL, scheduler_main, e);
     if (rc != 0) {
-        errf(err, errlen, "cannot start the scheduler thread: %s", strerror(rc));
+        nn_errf(err, errlen, "cannot start the scheduler thread: %s", strerror(rc));
         llm_engine_free(e);
         return NULL;
     }

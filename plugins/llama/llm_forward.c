@@ -214,6 +214,14 @@ static void matmul_rows(const llm_fwd *f, const nn_mat *W, const float *src_f32,
     nn_matmul(&s, act_for(f, W, src_f32), n, y + r0, ldy, 0, 1);
 }
 
+/* x += tmp over columns [r0, r1) of every row: the residual connection, for
+ * the columns this thread's product wrote. */
+static void add_residual(llm_fwd *f, int n, int E, long r0, long r1)
+{
+    for (long i = 0; i < n && r1 > r0; i++)
+        nn_add(f->x + i * E + r0, f->tmp + i * E + r0, r1 - r0);
+}
+
 /* ======================================================================== */
 /* Attention                                                                 */
 /* ======================================================================== */
@@ -335,9 +343,7 @@ static void forward_task(void *ctx, int ith, int nth)
         long r0, r1;
         nn_split(E, ith, nth, ROW_ALIGN, &r0, &r1);
         matmul_rows(f, &L->wo, f->xn, n, f->tmp, E, r0, r1);
-        for (long i = 0; i < n; i++)
-            for (long r = r0; r < r1; r++)
-                f->x[i * E + r] += f->tmp[i * E + r];
+        add_residual(f, n, E, r0, r1);
         nn_pool_barrier(f->pool);
 
         /* --- feed-forward block --- */
@@ -358,9 +364,7 @@ static void forward_task(void *ctx, int ith, int nth)
 
         nn_split(E, ith, nth, ROW_ALIGN, &r0, &r1);
         matmul_rows(f, &L->w_down, f->gate, n, f->tmp, E, r0, r1);
-        for (long i = 0; i < n; i++)
-            for (long r = r0; r < r1; r++)
-                f->x[i * E + r] += f->tmp[i * E + r];
+        add_residual(f, n, E, r0, r1);
         nn_pool_barrier(f->pool);
     }
 

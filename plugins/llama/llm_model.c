@@ -2,28 +2,15 @@
  * llm_model: hyper-parameters and weight views from GGUF. See llm_model.h.
  */
 #include "llm_model.h"
+#include "nn/nn_err.h"
 
 #include <math.h>
 #include <stdbool.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-static int failf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int failf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* ======================================================================== */
 /* Hyper-parameters                                                          */
@@ -40,13 +27,13 @@ static int hp_int(const gguf_file *f, const char *key, long dflt, long lo, long 
     int rc = gguf_get_i64(f, full, &v);
     if (rc == GGUF_ENOENT) {
         if (dflt < 0)
-            return failf(err, errlen, "missing metadata key '%s'", full);
+            return nn_errf(err, errlen, "missing metadata key '%s'", full);
         v = dflt;
     } else if (rc != GGUF_OK) {
-        return failf(err, errlen, "metadata key '%s' is not an integer", full);
+        return nn_errf(err, errlen, "metadata key '%s' is not an integer", full);
     }
     if (v < lo || v > hi)
-        return failf(err, errlen, "metadata key '%s' = %lld is outside [%ld, %ld]", full,
+        return nn_errf(err, errlen, "metadata key '%s' = %lld is outside [%ld, %ld]", full,
                      (long long)v, lo, hi);
     *out = (int)v;
     return 0;
@@ -62,9 +49,9 @@ static int hp_float(const gguf_file *f, const char *key, double dflt, double lo,
     if (rc == GGUF_ENOENT)
         v = dflt;
     else if (rc != GGUF_OK)
-        return failf(err, errlen, "metadata key '%s' is not a number", full);
+        return nn_errf(err, errlen, "metadata key '%s' is not a number", full);
     if (!(v >= lo && v <= hi)) /* also refuses NaN */
-        return failf(err, errlen, "metadata key '%s' = %g is outside [%g, %g]", full, v, lo, hi);
+        return nn_errf(err, errlen, "metadata key '%s' = %g is outside [%g, %g]", full, v, lo, hi);
     *out = (float)v;
     return 0;
 }
@@ -74,9 +61,9 @@ static int read_hparams(const gguf_file *f, llm_hparams *hp, char *err, size_t e
     const char *arch;
     size_t alen;
     if (gguf_get_str(f, "general.architecture", &arch, &alen) != GGUF_OK)
-        return failf(err, errlen, "missing metadata key 'general.architecture'");
+        return nn_errf(err, errlen, "missing metadata key 'general.architecture'");
     if (alen != 5 || memcmp(arch, "llama", 5) != 0)
-        return failf(err, errlen, "architecture '%.*s' is not supported (supported: llama)",
+        return nn_errf(err, errlen, "architecture '%.*s' is not supported (supported: llama)",
                      (int)(alen > 64 ? 64 : alen), arch);
 
     if (hp_int(f, "context_length", -1, 1, LLM_MAX_CTX, &hp->n_ctx_train, err, errlen) ||
@@ -88,7 +75,7 @@ static int read_hparams(const gguf_file *f, llm_hparams *hp, char *err, size_t e
                errlen))
         return -1;
     if (hp->n_head % hp->n_head_kv != 0)
-        return failf(err, errlen, "attention.head_count %d is not a multiple of head_count_kv %d",
+        return nn_errf(err, errlen, "attention.head_count %d is not a multiple of head_count_kv %d",
                      hp->n_head, hp->n_head_kv);
     int dflt_hd = hp->n_embd % hp->n_head == 0 ? hp->n_embd / hp->n_head : -1;
     if (hp_int(f, "attention.key_length", dflt_hd, 2, LLM_MAX_HEAD_DIM, &hp->head_dim, err,
@@ -99,15 +86,15 @@ static int read_hparams(const gguf_file *f, llm_hparams *hp, char *err, size_t e
                errlen))
         return -1;
     if (vlen != hp->head_dim)
-        return failf(err, errlen, "attention.value_length %d differs from key_length %d "
+        return nn_errf(err, errlen, "attention.value_length %d differs from key_length %d "
                      "(not supported)", vlen, hp->head_dim);
     if (hp->head_dim % 2)
-        return failf(err, errlen, "head size %d is odd", hp->head_dim);
+        return nn_errf(err, errlen, "head size %d is odd", hp->head_dim);
     if (hp_int(f, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->rope_dim, err,
                errlen))
         return -1;
     if (hp->rope_dim % 2)
-        return failf(err, errlen, "llama.rope.dimension_count %d is odd", hp->rope_dim);
+        return nn_errf(err, errlen, "llama.rope.dimension_count %d is odd", hp->rope_dim);
     if (hp_float(f, "rope.freq_base", 10000.0, 1.0, 1e12, &hp->rope_base, err, errlen) ||
         hp_float(f, "attention.layer_norm_rms_epsilon", 1e-5, 0.0, 1.0, &hp->norm_eps, err,
                  errlen))
@@ -121,7 +108,7 @@ static int read_hparams(const gguf_file *f, llm_hparams *hp, char *err, size_t e
             if (hp_float(f, "rope.scaling.factor", 1.0, 1e-3, 1e6, &hp->rope_scale, err, errlen))
                 return -1;
         } else if (!(stlen == 4 && memcmp(st, "none", 4) == 0)) {
-            return failf(err, errlen,
+            return nn_errf(err, errlen,
                          "llama.rope.scaling.type '%.*s' is not supported (supported: none, linear)",
                          (int)(stlen > 32 ? 32 : stlen), st);
         }
@@ -139,7 +126,7 @@ static const gguf_tensor *find_tensor(const gguf_file *f, const char *name, bool
 {
     const gguf_tensor *t = gguf_find_tensor(f, name);
     if (!t && required)
-        failf(err, errlen, "missing tensor '%s'", name);
+        nn_errf(err, errlen, "missing tensor '%s'", name);
     return t;
 }
 
@@ -152,13 +139,13 @@ static int get_vector(const gguf_file *f, const char *name, int64_t n, bool requ
     if (!t)
         return required ? -1 : 0;
     if (t->type != GGUF_GGML_F32)
-        return failf(err, errlen, "tensor '%s' has type %s, expected F32", name,
+        return nn_errf(err, errlen, "tensor '%s' has type %s, expected F32", name,
                      gguf_ggml_type_name(t->type));
     if (t->n_elements != (uint64_t)n || (t->n_dims > 1 && t->dims[0] != (uint64_t)n))
-        return failf(err, errlen, "tensor '%s' has %llu elements, expected %lld", name,
+        return nn_errf(err, errlen, "tensor '%s' has %llu elements, expected %lld", name,
                      (unsigned long long)t->n_elements, (long long)n);
     if ((uintptr_t)t->data % sizeof(float))
-        return failf(err, errlen, "tensor '%s' is not aligned for F32", name);
+        return nn_errf(err, errlen, "tensor '%s' is not aligned for F32", name);
     *out = t->data;
     *n_params += n;
     return 0;
@@ -173,20 +160,20 @@ static int get_matrix(const gguf_file *f, const char *name, int64_t rows, int64_
     if (!t)
         return required ? -1 : 0;
     if (!nn_type_supported(t->type))
-        return failf(err, errlen, "tensor '%s' has type %s, which is not supported "
+        return nn_errf(err, errlen, "tensor '%s' has type %s, which is not supported "
                      "(F32, F16, BF16, Q4_0, Q4_1, Q8_0)", name, gguf_ggml_type_name(t->type));
     if (t->n_dims != 2 || t->dims[0] != (uint64_t)cols || t->dims[1] != (uint64_t)rows)
-        return failf(err, errlen, "tensor '%s' has shape [%llu, %llu], expected [%lld, %lld]",
+        return nn_errf(err, errlen, "tensor '%s' has shape [%llu, %llu], expected [%lld, %lld]",
                      name, (unsigned long long)t->dims[0],
                      (unsigned long long)(t->n_dims > 1 ? t->dims[1] : 1), (long long)cols,
                      (long long)rows);
     size_t rb = nn_row_bytes((nn_type)t->type, cols);
     if (rb == 0 || t->nbytes / (uint64_t)rows != rb || t->nbytes % (uint64_t)rows)
-        return failf(err, errlen, "tensor '%s': %llu bytes do not hold %lld rows of %lld %s",
+        return nn_errf(err, errlen, "tensor '%s': %llu bytes do not hold %lld rows of %lld %s",
                      name, (unsigned long long)t->nbytes, (long long)rows, (long long)cols,
                      gguf_ggml_type_name(t->type));
     if (t->type == GGUF_GGML_F32 && (uintptr_t)t->data % sizeof(float))
-        return failf(err, errlen, "tensor '%s' is not aligned for F32", name);
+        return nn_errf(err, errlen, "tensor '%s' is not aligned for F32", name);
     out->type = (nn_type)t->type;
     out->rows = rows;
     out->cols = cols;
@@ -221,7 +208,7 @@ static int load_layer(const gguf_file *f, const llm_hparams *hp, int il, llm_lay
     for (size_t i = 0; i < sizeof extras / sizeof extras[0]; i++) {
         snprintf(name, sizeof name, "blk.%d.%s", il, extras[i]);
         if (gguf_find_tensor(f, name))
-            return failf(err, errlen, "tensor '%s' is not supported by the llama architecture "
+            return nn_errf(err, errlen, "tensor '%s' is not supported by the llama architecture "
                          "implementation", name);
     }
     return 0;
@@ -248,7 +235,7 @@ int llm_model_from_gguf(gguf_file *f, llm_model **out, char *err, size_t errlen)
     llm_model *m = calloc(1, sizeof *m);
     if (!m) {
         gguf_close(f);
-        return failf(err, errlen, "out of memory");
+        return nn_errf(err, errlen, "out of memory");
     }
     m->gguf = f;
     llm_hparams *hp = &m->hp;
@@ -261,7 +248,7 @@ int llm_model_from_gguf(gguf_file *f, llm_model **out, char *err, size_t errlen)
         goto fail;
     if (te->n_dims != 2 || te->dims[0] != (uint64_t)hp->n_embd || te->dims[1] < 1 ||
         te->dims[1] > LLM_MAX_VOCAB) {
-        failf(err, errlen, "tensor 'token_embd.weight' has shape [%llu, %llu], expected [%d, "
+        nn_errf(err, errlen, "tensor 'token_embd.weight' has shape [%llu, %llu], expected [%d, "
               "n_vocab <= %d]", (unsigned long long)te->dims[0],
               (unsigned long long)(te->n_dims > 1 ? te->dims[1] : 1), hp->n_embd, LLM_MAX_VOCAB);
         goto fail;
@@ -283,13 +270,13 @@ int llm_model_from_gguf(gguf_file *f, llm_model **out, char *err, size_t errlen)
     if (m->rope_freqs)
         for (int i = 0; i < hp->rope_dim / 2; i++)
             if (!(m->rope_freqs[i] > 0.0f && isfinite(m->rope_freqs[i]))) {
-                failf(err, errlen, "tensor 'rope_freqs.weight'[%d] is not a positive number", i);
+                nn_errf(err, errlen, "tensor 'rope_freqs.weight'[%d] is not a positive number", i);
                 goto fail;
             }
 
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) {
-        failf(err, errlen, "out of memory");
+        nn_errf(err, errlen, "out of memory");
         goto fail;
     }
     for (int il = 0; il < hp->n_layer; il++)
@@ -371,7 +358,7 @@ int llm_model_repack(llm_model *m, char *err, size_t errlen)
     size_t n = model_mats(m, NULL, 0);
     mat_ref *mats = calloc(n, sizeof *mats);
     if (!mats)
-        return failf(err, errlen, "out of memory");
+        return nn_errf(err, errlen, "out of memory");
     model_mats(m, mats, n);
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
@@ -384,7 +371,7 @@ int llm_model_repack(llm_model *m, char *err, size_t errlen)
     char *buf = aligned_alloc(64, total);
     if (!buf) {
         free(mats);
-        return failf(err, errlen, "out of memory for %zu bytes of repacked weights", total);
+        return nn_errf(err, errlen, "out of memory for %zu bytes of repacked weights", total);
     }
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {

@@ -2,26 +2,13 @@
  * llm_req: text-generation input parsing and prompt assembly. See llm_req.h.
  */
 #include "llm_req.h"
+#include "nn/nn_err.h"
 
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int failf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static char *dup_str(const char *s, size_t n)
 {
@@ -55,7 +42,7 @@ static int get_int(json_t *o, const char *key, double lo, double hi, long long *
     if (r == 0)
         return 0;
     if (r < 0 || d != floor(d) || d < lo || d > hi)
-        return failf(err, errlen, "'%s' must be an integer from %.0f to %.0f", key, lo, hi);
+        return nn_errf(err, errlen, "'%s' must be an integer from %.0f to %.0f", key, lo, hi);
     *out = (long long)d;
     return 1;
 }
@@ -68,7 +55,7 @@ static int get_real(json_t *o, const char *key, double lo, double hi, double *ou
     if (r == 0)
         return 0;
     if (r < 0 || !(d >= lo && d <= hi))
-        return failf(err, errlen, "'%s' must be a number from %g to %g", key, lo, hi);
+        return nn_errf(err, errlen, "'%s' must be a number from %g to %g", key, lo, hi);
     *out = d;
     return 1;
 }
@@ -79,7 +66,7 @@ static int get_bool(json_t *o, const char *key, bool *out, char *err, size_t err
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_boolean(v))
-        return failf(err, errlen, "'%s' must be true or false", key);
+        return nn_errf(err, errlen, "'%s' must be true or false", key);
     *out = json_is_true(v);
     return 1;
 }
@@ -95,24 +82,24 @@ static int parse_stop(json_t *o, llm_req_spec *s, char *err, size_t errlen)
     if (json_is_array(v)) {
         n = json_array_size(v);
         if (n > LLM_MAX_STOP)
-            return failf(err, errlen, "'stop' has %zu entries; at most %d are allowed", n,
+            return nn_errf(err, errlen, "'stop' has %zu entries; at most %d are allowed", n,
                          LLM_MAX_STOP);
         items = NULL;
     } else if (!json_is_string(v)) {
-        return failf(err, errlen, "'stop' must be a string or an array of strings");
+        return nn_errf(err, errlen, "'stop' must be a string or an array of strings");
     }
     for (size_t i = 0; i < n; i++) {
         json_t *e = items ? items[i] : json_array_get(v, i);
         if (!json_is_string(e))
-            return failf(err, errlen, "'stop' must be a string or an array of strings");
+            return nn_errf(err, errlen, "'stop' must be a string or an array of strings");
         size_t len = json_string_length(e);
         if (len == 0)
             continue; /* an empty stop string would match everywhere: ignore it */
         if (len > LLM_MAX_STOP_BYTES)
-            return failf(err, errlen, "a 'stop' string is %zu bytes; at most %d are allowed",
+            return nn_errf(err, errlen, "a 'stop' string is %zu bytes; at most %d are allowed",
                          len, LLM_MAX_STOP_BYTES);
         if (!(s->stop[s->n_stop] = dup_str(json_string_value(e), len)))
-            return failf(err, errlen, "out of memory");
+            return nn_errf(err, errlen, "out of memory");
         s->n_stop++;
     }
     return 0;
@@ -121,27 +108,27 @@ static int parse_stop(json_t *o, llm_req_spec *s, char *err, size_t errlen)
 static int parse_messages(json_t *msgs, llm_req_spec *s, char *err, size_t errlen)
 {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
-        return failf(err, errlen, "'messages' must be a non-empty array of {role, content}");
+        return nn_errf(err, errlen, "'messages' must be a non-empty array of {role, content}");
     size_t n = json_array_size(msgs);
     if (n > LLM_MAX_MESSAGES)
-        return failf(err, errlen, "'messages' has %zu entries; at most %d are allowed", n,
+        return nn_errf(err, errlen, "'messages' has %zu entries; at most %d are allowed", n,
                      LLM_MAX_MESSAGES);
     s->msgs = calloc(n, sizeof *s->msgs);
     if (!s->msgs)
-        return failf(err, errlen, "out of memory");
+        return nn_errf(err, errlen, "out of memory");
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(msgs, i);
         json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
         if (!json_is_object(m) || !json_is_string(role) || json_string_length(role) == 0)
-            return failf(err, errlen, "messages[%zu] must be an object with a string 'role'", i);
+            return nn_errf(err, errlen, "messages[%zu] must be an object with a string 'role'", i);
         if (!json_is_string(content))
-            return failf(err, errlen, "messages[%zu].content must be a string", i);
+            return nn_errf(err, errlen, "messages[%zu].content must be a string", i);
         llm_chat_msg *cm = &s->msgs[s->n_msgs++];
         cm->role = dup_str(json_string_value(role), json_string_length(role));
         cm->content = dup_str(json_string_value(content), json_string_length(content));
         cm->content_len = json_string_length(content);
         if (!cm->role || !cm->content)
-            return failf(err, errlen, "out of memory");
+            return nn_errf(err, errlen, "out of memory");
     }
     return 0;
 }
@@ -159,7 +146,7 @@ int llm_req_parse(const char *body, size_t len, llm_req_spec *s, char *err, size
     json_t *o = json_loadb(body, len, 0, &jerr);
     if (!o || !json_is_object(o)) {
         json_decref(o);
-        return failf(err, errlen, "the input must be a JSON object");
+        return nn_errf(err, errlen, "the input must be a JSON object");
     }
     static const char *const refused[] = {"tools", "functions", "tool_choice", "response_format",
                                           "lora", "image", "logprobs", "top_logprobs"};
@@ -168,13 +155,13 @@ int llm_req_parse(const char *body, size_t len, llm_req_spec *s, char *err, size
         json_t *v = json_object_get(o, refused[i]);
         if (v && !json_is_null(v) && !(json_is_false(v)) &&
             !(json_is_array(v) && json_array_size(v) == 0)) {
-            failf(err, errlen, "'%s' is not supported by this model", refused[i]);
+            nn_errf(err, errlen, "'%s' is not supported by this model", refused[i]);
             goto out;
         }
     }
     long long n_choices = 1;
     if (get_int(o, "n", 1, 1, &n_choices, err, errlen) < 0) {
-        failf(err, errlen, "'n' must be 1: this model returns one choice");
+        nn_errf(err, errlen, "'n' must be 1: this model returns one choice");
         goto out;
     }
 
@@ -184,18 +171,18 @@ int llm_req_parse(const char *body, size_t len, llm_req_spec *s, char *err, size
     if (msgs && json_is_null(msgs))
         msgs = NULL;
     if (!prompt == !msgs) {
-        failf(err, errlen, prompt ? "give either 'prompt' or 'messages', not both"
+        nn_errf(err, errlen, prompt ? "give either 'prompt' or 'messages', not both"
                                   : "'prompt' or 'messages' is required");
         goto out;
     }
     if (prompt) {
         if (!json_is_string(prompt)) {
-            failf(err, errlen, "'prompt' must be a string");
+            nn_errf(err, errlen, "'prompt' must be a string");
             goto out;
         }
         s->prompt_len = json_string_length(prompt);
         if (!(s->prompt = dup_str(json_string_value(prompt), s->prompt_len))) {
-            failf(err, errlen, "out of memory");
+            nn_errf(err, errlen, "out of memory");
             goto out;
         }
     } else if (parse_messages(msgs, s, err, errlen)) {
@@ -235,7 +222,7 @@ int llm_req_parse(const char *body, size_t len, llm_req_spec *s, char *err, size
         goto out;
     if (r) {
         if (dv <= 0.0) {
-            failf(err, errlen, "'repetition_penalty' must be a number above 0 and at most 2");
+            nn_errf(err, errlen, "'repetition_penalty' must be a number above 0 and at most 2");
             goto out;
         }
         s->sampling.repetition_penalty = (float)dv;
@@ -254,7 +241,7 @@ int llm_req_parse(const char *body, size_t len, llm_req_spec *s, char *err, size
         parse_stop(o, s, err, errlen) < 0)
         goto out;
     if (s->raw && s->msgs) {
-        failf(err, errlen, "'raw' applies to 'prompt', not to 'messages'");
+        nn_errf(err, errlen, "'raw' applies to 'prompt', not to 'messages'");
         goto out;
     }
     rc = 0;
@@ -291,14 +278,14 @@ int llm_req_prompt_ids(const llm_req_spec *s, const llm_vocab *v, const llm_chat
         text_len = s->prompt_len;
     } else {
         if (!chat || llm_chat_get_kind(chat) == LLM_CHAT_NONE)
-            return failf(err, errlen, "this model has no chat template: send a 'prompt' with "
+            return nn_errf(err, errlen, "this model has no chat template: send a 'prompt' with "
                          "\"raw\": true");
         llm_chat_msg one = {.role = "user", .content = s->prompt, .content_len = s->prompt_len};
         const llm_chat_msg *msgs = s->prompt ? &one : s->msgs;
         size_t nm = s->prompt ? 1 : s->n_msgs;
         char cerr[256];
         if (llm_chat_render(chat, msgs, nm, &text, &text_len, cerr, sizeof cerr) != 0)
-            return failf(err, errlen, "cannot apply the chat template: %s", cerr);
+            return nn_errf(err, errlen, "cannot apply the chat template: %s", cerr);
         src = text;
     }
     size_t count = 0, cap = 0;
@@ -307,18 +294,18 @@ int llm_req_prompt_ids(const llm_req_spec *s, const llm_vocab *v, const llm_chat
     if (llm_vocab_add_bos(v) && llm_vocab_bos(v) >= 0) {
         out = malloc(16 * sizeof *out);
         if (!out) {
-            rc = failf(err, errlen, "out of memory");
+            rc = nn_errf(err, errlen, "out of memory");
             goto done;
         }
         cap = 16;
         out[count++] = llm_vocab_bos(v);
     }
     if (llm_tokenize(v, src, text_len, true, &out, &count, &cap) != 0) {
-        rc = failf(err, errlen, "out of memory");
+        rc = nn_errf(err, errlen, "out of memory");
         goto done;
     }
     if (count > (size_t)1 << 30) {
-        rc = failf(err, errlen, "the prompt is too long");
+        rc = nn_errf(err, errlen, "the prompt is too long");
         goto done;
     }
     *ids = out;

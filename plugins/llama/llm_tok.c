@@ -25,8 +25,8 @@
  * vocab from getrandom(), so a crafted vocabulary cannot force collisions.
  */
 #include "llm_tok.h"
+#include "nn/nn_err.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,19 +269,6 @@ static size_t tok_encode(uint32_t cp, unsigned char *out)
  * Load
  * ======================================================================== */
 
-static int tok_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int tok_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 /* A bounded, printable rendering of untrusted bytes for error messages:
  * controls, quote and backslash escaped, cut with "..." to fit cap. */
 static const char *shown(char *buf, size_t cap, const char *s, size_t len)
@@ -335,11 +322,11 @@ static int load_id(const gguf_file *f, const char *key, int32_t n, int32_t *id, 
         return 0;
     int64_t v;
     if (gguf_kv_i64(kv, &v) != GGUF_OK)
-        return tok_fail(err, errlen, "%s: expected an integer, got %s", key, gguf_type_name(kv->type));
+        return nn_errf(err, errlen, "%s: expected an integer, got %s", key, gguf_type_name(kv->type));
     if (v == -1)
         return 0;
     if (v < 0 || v >= n)
-        return tok_fail(err, errlen, "%s: id %lld out of range (vocab size %d)", key, (long long)v, n);
+        return nn_errf(err, errlen, "%s: id %lld out of range (vocab size %d)", key, (long long)v, n);
     *id = (int32_t)v;
     return 0;
 }
@@ -351,9 +338,9 @@ static int load_str_arr(const gguf_file *f, const char *key, bool required, cons
     *out = NULL;
     const gguf_kv *kv = gguf_find_kv(f, key);
     if (!kv)
-        return required ? tok_fail(err, errlen, "%s: missing", key) : 0;
+        return required ? nn_errf(err, errlen, "%s: missing", key) : 0;
     if (kv->type != GGUF_TYPE_ARRAY || kv->arr.type != GGUF_TYPE_STRING)
-        return tok_fail(err, errlen, "%s: expected an array of strings, got %s%s%s", key,
+        return nn_errf(err, errlen, "%s: expected an array of strings, got %s%s%s", key,
                     gguf_type_name(kv->type), kv->type == GGUF_TYPE_ARRAY ? " of " : "",
                     kv->type == GGUF_TYPE_ARRAY ? gguf_type_name(kv->arr.type) : "");
     *out = &kv->arr;
@@ -386,7 +373,7 @@ static int load_tokens(llm_vocab *v, const gguf_file *f, char *err, size_t errle
     if (load_str_arr(f, "tokenizer.ggml.tokens", true, &toks, err, errlen) != 0)
         return -1;
     if (toks->count == 0 || toks->count > MAX_VOCAB)
-        return tok_fail(err, errlen, "tokenizer.ggml.tokens: %llu tokens (want 1..%d)",
+        return nn_errf(err, errlen, "tokenizer.ggml.tokens: %llu tokens (want 1..%d)",
                     (unsigned long long)toks->count, MAX_VOCAB);
     v->n = (int32_t)toks->count;
     size_t n = (size_t)v->n;
@@ -395,7 +382,7 @@ static int load_tokens(llm_vocab *v, const gguf_file *f, char *err, size_t errle
     for (size_t i = 0; i < n; i++)
         total += toks->strs[i].len;
     if (total > MAX_TEXT_BYTES)
-        return tok_fail(err, errlen, "tokenizer.ggml.tokens: %llu bytes of text (max %u)",
+        return nn_errf(err, errlen, "tokenizer.ggml.tokens: %llu bytes of text (max %u)",
                     (unsigned long long)total, MAX_TEXT_BYTES);
 
     v->text = malloc(total + 1);
@@ -406,7 +393,7 @@ static int load_tokens(llm_vocab *v, const gguf_file *f, char *err, size_t errle
     v->text_mask = pow2_at_least(2 * n) - 1;
     v->by_text = malloc((v->text_mask + 1) * sizeof *v->by_text);
     if (!v->text || !v->piece || !v->text_off || !v->piece_off || !v->attr || !v->by_text)
-        return tok_fail(err, errlen, "tokenizer: out of memory for %zu tokens", n);
+        return nn_errf(err, errlen, "tokenizer: out of memory for %zu tokens", n);
     memset(v->by_text, 0xFF, (v->text_mask + 1) * sizeof *v->by_text);
 
     uint32_t o = 0;
@@ -422,20 +409,20 @@ static int load_tokens(llm_vocab *v, const gguf_file *f, char *err, size_t errle
     const gguf_kv *tt = gguf_find_kv(f, "tokenizer.ggml.token_type");
     if (tt) {
         if (tt->type != GGUF_TYPE_ARRAY || tt->arr.type != GGUF_TYPE_INT32)
-            return tok_fail(err, errlen, "tokenizer.ggml.token_type: expected an array of int32, got %s%s%s",
+            return nn_errf(err, errlen, "tokenizer.ggml.token_type: expected an array of int32, got %s%s%s",
                         gguf_type_name(tt->type), tt->type == GGUF_TYPE_ARRAY ? " of " : "",
                         tt->type == GGUF_TYPE_ARRAY ? gguf_type_name(tt->arr.type) : "");
         if (tt->arr.count != n)
-            return tok_fail(err, errlen, "tokenizer.ggml.token_type: %llu entries for %zu tokens",
+            return nn_errf(err, errlen, "tokenizer.ggml.token_type: %llu entries for %zu tokens",
                         (unsigned long long)tt->arr.count, n);
     }
     for (size_t i = 0; i < n; i++) {
         int64_t t = 1;
         if (tt && gguf_arr_i64(&tt->arr, i, &t) != GGUF_OK)
-            return tok_fail(err, errlen, "tokenizer.ggml.token_type[%zu]: unreadable", i);
+            return nn_errf(err, errlen, "tokenizer.ggml.token_type[%zu]: unreadable", i);
         static const uint8_t attr_of[7] = {0, A_NORMAL, A_UNKNOWN, A_CONTROL, A_USER, A_UNUSED, A_BYTE};
         if (t < 0 || t > 6)
-            return tok_fail(err, errlen, "tokenizer.ggml.token_type[%zu]: %lld is not a token type (0..6)",
+            return nn_errf(err, errlen, "tokenizer.ggml.token_type[%zu]: %lld is not a token type (0..6)",
                         i, (long long)t);
         v->attr[i] = attr_of[t];
     }
@@ -458,7 +445,7 @@ static int load_tokens(llm_vocab *v, const gguf_file *f, char *err, size_t errle
             const char *s2 = tok_text(v, id, &l2);
             if (l2 == len && memcmp(s, s2, len) == 0) {
                 char b[64];
-                return tok_fail(err, errlen, "tokenizer.ggml.tokens[%zu]: '%s' repeats token %d", i,
+                return nn_errf(err, errlen, "tokenizer.ggml.tokens[%zu]: '%s' repeats token %d", i,
                             shown(b, sizeof b, s, len), id);
             }
         }
@@ -503,12 +490,12 @@ static int load_merges(llm_vocab *v, const gguf_file *f, char *err, size_t errle
     if (load_str_arr(f, "tokenizer.ggml.merges", true, &m, err, errlen) != 0)
         return -1;
     if (m->count > MAX_MERGES)
-        return tok_fail(err, errlen, "tokenizer.ggml.merges: %llu merges (max %d)",
+        return nn_errf(err, errlen, "tokenizer.ggml.merges: %llu merges (max %d)",
                     (unsigned long long)m->count, MAX_MERGES);
     v->merge_mask = pow2_at_least(2 * (size_t)m->count + 1) - 1;
     v->merges = malloc((v->merge_mask + 1) * sizeof *v->merges);
     if (!v->merges)
-        return tok_fail(err, errlen, "tokenizer: out of memory for %llu merges",
+        return nn_errf(err, errlen, "tokenizer: out of memory for %llu merges",
                     (unsigned long long)m->count);
     for (size_t i = 0; i <= v->merge_mask; i++)
         v->merges[i].key = EMPTY_KEY;
@@ -523,7 +510,7 @@ static int load_merges(llm_vocab *v, const gguf_file *f, char *err, size_t errle
         /* Byte-level tokens never hold a space: exactly one separates the two. */
         const char *sp = len > 0 ? memchr(s, ' ', len) : NULL;
         if (!sp || sp == s || sp == s + len - 1 || memchr(sp + 1, ' ', (size_t)(s + len - sp - 1))) {
-            rc = tok_fail(err, errlen, "tokenizer.ggml.merges[%llu]: '%s' is not two tokens",
+            rc = nn_errf(err, errlen, "tokenizer.ggml.merges[%llu]: '%s' is not two tokens",
                       (unsigned long long)i, shown(b, sizeof b, s, len));
             break;
         }
@@ -531,7 +518,7 @@ static int load_merges(llm_vocab *v, const gguf_file *f, char *err, size_t errle
         int32_t l = find_text(v, s, ll), r = find_text(v, sp + 1, rl);
         if (l < 0 || r < 0) {
             char b2[64];
-            rc = tok_fail(err, errlen, "tokenizer.ggml.merges[%llu]: '%s' is not in the vocabulary",
+            rc = nn_errf(err, errlen, "tokenizer.ggml.merges[%llu]: '%s' is not in the vocabulary",
                       (unsigned long long)i,
                       l < 0 ? shown(b2, sizeof b2, s, ll) : shown(b2, sizeof b2, sp + 1, rl));
             break;
@@ -540,7 +527,7 @@ static int load_merges(llm_vocab *v, const gguf_file *f, char *err, size_t errle
             cat_cap = 2 * (ll + rl);
             char *nc = realloc(cat, cat_cap);
             if (!nc) {
-                rc = tok_fail(err, errlen, "tokenizer: out of memory");
+                rc = nn_errf(err, errlen, "tokenizer: out of memory");
                 break;
             }
             cat = nc;
@@ -550,7 +537,7 @@ static int load_merges(llm_vocab *v, const gguf_file *f, char *err, size_t errle
         int32_t res = find_text(v, cat, ll + rl);
         if (res < 0) {
             char b2[64];
-            rc = tok_fail(err, errlen,
+            rc = nn_errf(err, errlen,
                       "tokenizer.ggml.merges[%llu]: '%s' makes '%s', which is not in the vocabulary",
                       (unsigned long long)i, shown(b, sizeof b, s, len),
                       shown(b2, sizeof b2, cat, ll + rl));
@@ -582,30 +569,30 @@ int llm_vocab_load(const gguf_file *f, llm_vocab **out, char *err, size_t errlen
     size_t len;
     int r = gguf_get_str(f, "tokenizer.ggml.model", &s, &len);
     if (r == GGUF_ENOENT)
-        return tok_fail(err, errlen, "tokenizer.ggml.model: missing");
+        return nn_errf(err, errlen, "tokenizer.ggml.model: missing");
     if (r != GGUF_OK)
-        return tok_fail(err, errlen, "tokenizer.ggml.model: not a string");
+        return nn_errf(err, errlen, "tokenizer.ggml.model: not a string");
     if (len != 4 || memcmp(s, "gpt2", 4) != 0) {
         char b[64];
-        return tok_fail(err, errlen,
+        return nn_errf(err, errlen,
                     "tokenizer.ggml.model '%s' is not supported (supported: gpt2, byte-level BPE)",
                     shown(b, sizeof b, s, len));
     }
 
     llm_vocab *v = calloc(1, sizeof *v);
     if (!v)
-        return tok_fail(err, errlen, "tokenizer: out of memory");
+        return nn_errf(err, errlen, "tokenizer: out of memory");
     v->seed = new_seed(v);
 
     r = gguf_get_str(f, "tokenizer.ggml.pre", &s, &len);
     if (r == GGUF_ENOENT) {
         v->pre = LLM_PRE_GPT2; /* llama.cpp's "default", with a warning there */
     } else if (r != GGUF_OK) {
-        tok_fail(err, errlen, "tokenizer.ggml.pre: not a string");
+        nn_errf(err, errlen, "tokenizer.ggml.pre: not a string");
         goto bad;
     } else if (parse_pre(s, len, &v->pre, &v->ignore_merges) != 0) {
         char b[64];
-        tok_fail(err, errlen, "tokenizer.ggml.pre '%s' is not supported (supported: %s)",
+        nn_errf(err, errlen, "tokenizer.ggml.pre '%s' is not supported (supported: %s)",
              shown(b, sizeof b, s, len), SUPPORTED_PRE);
         goto bad;
     }
@@ -621,7 +608,7 @@ int llm_vocab_load(const gguf_file *f, llm_vocab **out, char *err, size_t errlen
     v->add_bos = v->pre == LLM_PRE_LLAMA3;
     const gguf_kv *kv = gguf_find_kv(f, "tokenizer.ggml.add_bos_token");
     if (kv && gguf_kv_bool(kv, &v->add_bos) != GGUF_OK) {
-        tok_fail(err, errlen, "tokenizer.ggml.add_bos_token: expected a bool, got %s",
+        nn_errf(err, errlen, "tokenizer.ggml.add_bos_token: expected a bool, got %s",
              gguf_type_name(kv->type));
         goto bad;
     }
@@ -662,7 +649,7 @@ int llm_vocab_load(const gguf_file *f, llm_vocab **out, char *err, size_t errlen
             v->n_specials++;
     v->specials = malloc((v->n_specials ? v->n_specials : 1) * sizeof *v->specials);
     if (!v->specials) {
-        tok_fail(err, errlen, "tokenizer: out of memory");
+        nn_errf(err, errlen, "tokenizer: out of memory");
         goto bad;
     }
     v->n_specials = 0;
