@@ -314,3 +314,18 @@ int ts_run(const char *cmdline, char **out)
         free(buf);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+int ts_promtool_check(const ts_agent *a, const char *exposition)
+{
+    if (access("/usr/bin/promtool", X_OK) != 0)
+        return -1;
+    char *path = ts_write_file(a->dir, "metrics.txt", exposition);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "promtool check metrics < '%s'", path);
+    char *out = NULL;
+    int rc = ts_run(cmd, &out);
+    cr_assert_eq(rc, 0, "promtool: %s", out);
+    free(out);
+    free(path);
+    return 0;
+}

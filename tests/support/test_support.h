@@ -59,6 +59,11 @@ void ts_response_free(ts_response *r);
 /* Value of a response header (case-insensitive name), malloc'd, or NULL. */
 char *ts_header(const ts_response *r, const char *name);
 
+/* Checks a Prometheus text exposition with `promtool check metrics`
+ * (asserting it passes). Returns 0 if it ran, -1 if promtool is not
+ * installed (Debian package prometheus): the caller then skips, saying so. */
+int ts_promtool_check(const ts_agent *a, const char *exposition);
+
 /* Runs a command line with /bin/sh; returns its exit status and (if out is
  * not NULL) its combined stdout+stderr, malloc'd. */
 int ts_run(const char *cmdline, char **out);

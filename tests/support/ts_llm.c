@@ -10,62 +10,31 @@
 #include <string.h>
 
 #include "nn/nn_kern.h"
+#include "ts_gguf.h"
 
 /* ggml type ids (gguf.h's gguf_ggml_type) and GGUF metadata type ids. */
 enum { T_U32 = 4, T_I32 = 5, T_F32 = 6, T_BOOL = 7, T_STR = 8, T_ARR = 9 };
 
-typedef struct wb {
-    uint8_t *p;
-    size_t len, cap;
-} wb;
-
-static void put(wb *w, const void *src, size_t n)
+/* Metadata values with their type ids, over ts_gguf's writer. */
+static void kv_u32(ts_wbuf *w, const char *k, uint32_t v)
 {
-    if (w->len + n > w->cap) {
-        size_t cap = w->cap ? w->cap : 4096;
-        while (cap < w->len + n)
-            cap *= 2;
-        w->p = realloc(w->p, cap);
-        cr_assert_not_null(w->p);
-        w->cap = cap;
-    }
-    memcpy(w->p + w->len, src, n);
-    w->len += n;
+    ts_w_key(w, k, T_U32);
+    ts_w_u32(w, v);
 }
-
-static void put_u32(wb *w, uint32_t v) { put(w, &v, 4); }
-static void put_u64(wb *w, uint64_t v) { put(w, &v, 8); }
-static void put_str(wb *w, const char *s, size_t n)
+static void kv_f32(ts_wbuf *w, const char *k, float v)
 {
-    put_u64(w, n);
-    put(w, s, n);
+    ts_w_key(w, k, T_F32);
+    ts_w_f32(w, v);
 }
-static void put_cstr(wb *w, const char *s) { put_str(w, s, strlen(s)); }
-static void key(wb *w, const char *k, uint32_t t)
+static void kv_str(ts_wbuf *w, const char *k, const char *v)
 {
-    put_cstr(w, k);
-    put_u32(w, t);
+    ts_w_key(w, k, T_STR);
+    ts_w_str(w, v);
 }
-static void kv_u32(wb *w, const char *k, uint32_t v)
+static void kv_bool(ts_wbuf *w, const char *k, bool v)
 {
-    key(w, k, T_U32);
-    put_u32(w, v);
-}
-static void kv_f32(wb *w, const char *k, float v)
-{
-    key(w, k, T_F32);
-    put(w, &v, 4);
-}
-static void kv_str(wb *w, const char *k, const char *v)
-{
-    key(w, k, T_STR);
-    put_cstr(w, v);
-}
-static void kv_bool(wb *w, const char *k, bool v)
-{
-    key(w, k, T_BOOL);
-    uint8_t b = v;
-    put(w, &b, 1);
+    ts_w_key(w, k, T_BOOL);
+    ts_w_u8(w, v);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -113,38 +82,38 @@ static size_t utf8(uint32_t cp, char *o)
     return 3;
 }
 
-static void vocab(wb *w, const ts_llm_spec *s)
+static void vocab(ts_wbuf *w, const ts_llm_spec *s)
 {
     int n = ts_llm_vocab_size();
     kv_str(w, "tokenizer.ggml.model", "gpt2");
     kv_str(w, "tokenizer.ggml.pre", s->pre ? s->pre : "smollm");
-    key(w, "tokenizer.ggml.tokens", T_ARR);
-    put_u32(w, T_STR);
-    put_u64(w, (uint64_t)n);
+    ts_w_key(w, "tokenizer.ggml.tokens", T_ARR);
+    ts_w_u32(w, T_STR);
+    ts_w_u64(w, (uint64_t)n);
     for (int b = 0; b < 256; b++) {
         char t[4];
-        put_str(w, t, utf8(byte_cp(b), t));
+        ts_w_strn(w, t, utf8(byte_cp(b), t));
     }
     for (size_t i = 0; i < N_MERGES; i++) {
         char t[32];
         snprintf(t, sizeof t, "%s%s", MERGES[i][0], MERGES[i][1]);
-        put_cstr(w, t);
+        ts_w_str(w, t);
     }
-    put_cstr(w, "<|endoftext|>");
-    put_cstr(w, "<|im_start|>");
-    put_cstr(w, "<|im_end|>");
-    key(w, "tokenizer.ggml.token_type", T_ARR);
-    put_u32(w, T_I32);
-    put_u64(w, (uint64_t)n);
+    ts_w_str(w, "<|endoftext|>");
+    ts_w_str(w, "<|im_start|>");
+    ts_w_str(w, "<|im_end|>");
+    ts_w_key(w, "tokenizer.ggml.token_type", T_ARR);
+    ts_w_u32(w, T_I32);
+    ts_w_u64(w, (uint64_t)n);
     for (int i = 0; i < n; i++)
-        put_u32(w, i >= ts_llm_eos_id() ? 3u : 1u);
-    key(w, "tokenizer.ggml.merges", T_ARR);
-    put_u32(w, T_STR);
-    put_u64(w, N_MERGES);
+        ts_w_u32(w, i >= ts_llm_eos_id() ? 3u : 1u);
+    ts_w_key(w, "tokenizer.ggml.merges", T_ARR);
+    ts_w_u32(w, T_STR);
+    ts_w_u64(w, N_MERGES);
     for (size_t i = 0; i < N_MERGES; i++) {
         char t[32];
         snprintf(t, sizeof t, "%s %s", MERGES[i][0], MERGES[i][1]);
-        put_cstr(w, t);
+        ts_w_str(w, t);
     }
     kv_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)ts_llm_eos_id());
     kv_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)ts_llm_eos_id());
@@ -237,9 +206,9 @@ char *ts_llm_write(const char *dir, const char *name, const ts_llm_spec *s)
 #undef T
     }
 
-    wb w = {0};
+    ts_wbuf w = {0};
     /* Count the keys by writing them to a scratch buffer first. */
-    wb meta = {0};
+    ts_wbuf meta = {0};
     uint64_t n_kv = 0;
 #define KV(call) (call, n_kv++)
     KV(kv_str(&meta, "general.architecture", "llama"));
@@ -257,28 +226,20 @@ char *ts_llm_write(const char *dir, const char *name, const ts_llm_spec *s)
     vocab(&meta, s);
     n_kv += 8 + (s->chat_template ? 1 : 0); /* the vocabulary keys */
 
-    put(&w, "GGUF", 4);
-    put_u32(&w, 3);
-    put_u64(&w, nt);
-    put_u64(&w, n_kv);
-    put(&w, meta.p, meta.len);
+    ts_w_hdr(&w, 3, nt, n_kv);
+    ts_w_bytes(&w, meta.p, meta.len);
     free(meta.p);
     uint64_t off = 0;
     for (size_t i = 0; i < nt; i++) {
-        put_cstr(&w, ts[i].name);
-        put_u32(&w, ts[i].rows ? 2 : 1);
-        put_u64(&w, ts[i].cols);
-        if (ts[i].rows)
-            put_u64(&w, ts[i].rows);
-        put_u32(&w, ts[i].type);
-        put_u64(&w, off);
+        const uint64_t dims[2] = {ts[i].cols, ts[i].rows};
+        ts_w_tinfo(&w, ts[i].name, ts[i].rows ? 2 : 1, dims, ts[i].type, off);
         off += (ts[i].nbytes + 31) / 32 * 32;
     }
-    static const uint8_t zeros[32];
-    put(&w, zeros, (32 - w.len % 32) % 32);
+    /* The data section and every tensor in it start on 32 bytes. */
+    ts_w_pad(&w, 32);
     for (size_t i = 0; i < nt; i++) {
-        put(&w, ts[i].data, ts[i].nbytes);
-        put(&w, zeros, (32 - ts[i].nbytes % 32) % 32);
+        ts_w_bytes(&w, ts[i].data, ts[i].nbytes);
+        ts_w_pad(&w, 32);
         free(ts[i].data);
     }
     free(ts);

@@ -11,6 +11,8 @@
 #include "../../plugins/llama/gguf.c"
 
 #include <criterion/criterion.h>
+
+#include "ts_gguf.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,81 +27,12 @@
 #define SMOLLM2_PATH OUTPOST_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 /* ========================================================================
- * Writer
+ * Samples (bytes written with tests/support/ts_gguf)
  * ======================================================================== */
-
-typedef struct wbuf {
-    uint8_t *p;
-    size_t len, cap;
-} wbuf;
-
-static void w_bytes(wbuf *w, const void *src, size_t n)
-{
-    if (w->len + n > w->cap) {
-        size_t cap = w->cap ? w->cap : 256;
-        while (cap < w->len + n)
-            cap *= 2;
-        w->p = realloc(w->p, cap);
-        cr_assert_not_null(w->p);
-        w->cap = cap;
-    }
-    memcpy(w->p + w->len, src, n);
-    w->len += n;
-}
-
-static void w_u8(wbuf *w, uint8_t v) { w_bytes(w, &v, 1); }
-static void w_u16(wbuf *w, uint16_t v) { w_bytes(w, &v, 2); }
-static void w_u32(wbuf *w, uint32_t v) { w_bytes(w, &v, 4); }
-static void w_u64(wbuf *w, uint64_t v) { w_bytes(w, &v, 8); }
-static void w_f32(wbuf *w, float v) { w_bytes(w, &v, 4); }
-static void w_f64(wbuf *w, double v) { w_bytes(w, &v, 8); }
-
-static void w_str(wbuf *w, const char *s)
-{
-    w_u64(w, strlen(s));
-    w_bytes(w, s, strlen(s));
-}
-
-static void w_zeros(wbuf *w, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        w_u8(w, 0);
-}
-
-static void w_pad(wbuf *w, size_t align)
-{
-    while (w->len % align != 0)
-        w_u8(w, 0);
-}
-
-static void w_hdr(wbuf *w, uint32_t version, uint64_t n_tensors, uint64_t n_kv)
-{
-    w_bytes(w, "GGUF", 4);
-    w_u32(w, version);
-    w_u64(w, n_tensors);
-    w_u64(w, n_kv);
-}
-
-static void w_key(wbuf *w, const char *key, gguf_type t)
-{
-    w_str(w, key);
-    w_u32(w, (uint32_t)t);
-}
-
-static void w_tinfo(wbuf *w, const char *name, uint32_t n_dims, const uint64_t *dims,
-                    uint32_t type, uint64_t offset)
-{
-    w_str(w, name);
-    w_u32(w, n_dims);
-    for (uint32_t d = 0; d < n_dims; d++)
-        w_u64(w, dims[d]);
-    w_u32(w, type);
-    w_u64(w, offset);
-}
 
 /* The valid sample: 16 or 17 keys of every type, 3 tensors (F32, F16, Q8_0). */
 typedef struct sample {
-    wbuf w;
+    ts_wbuf w;
     uint32_t alignment;         /* effective */
     size_t data_offset;         /* where the writer put the data section */
     uint64_t offsets[3];
@@ -120,78 +53,78 @@ static uint8_t pattern(int tensor, uint64_t i)
 static sample build_sample(uint32_t version, uint32_t alignment)
 {
     sample s = {0};
-    wbuf *w = &s.w;
+    ts_wbuf *w = &s.w;
     s.alignment = alignment ? alignment : 32;
-    w_hdr(w, version, 3, alignment ? 17 : 16);
+    ts_w_hdr(w, version, 3, alignment ? 17 : 16);
 
-    w_key(w, "general.architecture", GGUF_TYPE_STRING);
-    w_str(w, "llama");
-    w_key(w, "t.u8", GGUF_TYPE_UINT8);
-    w_u8(w, 200);
-    w_key(w, "t.i8", GGUF_TYPE_INT8);
-    w_u8(w, (uint8_t)(int8_t)-5);
-    w_key(w, "t.u16", GGUF_TYPE_UINT16);
-    w_u16(w, 60000);
-    w_key(w, "t.i16", GGUF_TYPE_INT16);
-    w_u16(w, (uint16_t)(int16_t)-30000);
-    w_key(w, "t.u32", GGUF_TYPE_UINT32);
-    w_u32(w, 4000000000u);
-    w_key(w, "t.i32", GGUF_TYPE_INT32);
-    w_u32(w, (uint32_t)(int32_t)-2000000000);
-    w_key(w, "t.f32", GGUF_TYPE_FLOAT32);
-    w_f32(w, 1.5f);
-    w_key(w, "t.bool", GGUF_TYPE_BOOL);
-    w_u8(w, 1);
-    w_key(w, "t.u64", GGUF_TYPE_UINT64);
-    w_u64(w, (1ull << 40) + 7);
-    w_key(w, "t.i64", GGUF_TYPE_INT64);
-    w_u64(w, (uint64_t)-(1ll << 40));
-    w_key(w, "t.f64", GGUF_TYPE_FLOAT64);
-    w_f64(w, 3.25);
-    w_key(w, "t.strs", GGUF_TYPE_ARRAY);
-    w_u32(w, GGUF_TYPE_STRING);
-    w_u64(w, 3);
-    w_str(w, "a");
-    w_str(w, "bc");
-    w_str(w, "");
+    ts_w_key(w, "general.architecture", GGUF_TYPE_STRING);
+    ts_w_str(w, "llama");
+    ts_w_key(w, "t.u8", GGUF_TYPE_UINT8);
+    ts_w_u8(w, 200);
+    ts_w_key(w, "t.i8", GGUF_TYPE_INT8);
+    ts_w_u8(w, (uint8_t)(int8_t)-5);
+    ts_w_key(w, "t.u16", GGUF_TYPE_UINT16);
+    ts_w_u16(w, 60000);
+    ts_w_key(w, "t.i16", GGUF_TYPE_INT16);
+    ts_w_u16(w, (uint16_t)(int16_t)-30000);
+    ts_w_key(w, "t.u32", GGUF_TYPE_UINT32);
+    ts_w_u32(w, 4000000000u);
+    ts_w_key(w, "t.i32", GGUF_TYPE_INT32);
+    ts_w_u32(w, (uint32_t)(int32_t)-2000000000);
+    ts_w_key(w, "t.f32", GGUF_TYPE_FLOAT32);
+    ts_w_f32(w, 1.5f);
+    ts_w_key(w, "t.bool", GGUF_TYPE_BOOL);
+    ts_w_u8(w, 1);
+    ts_w_key(w, "t.u64", GGUF_TYPE_UINT64);
+    ts_w_u64(w, (1ull << 40) + 7);
+    ts_w_key(w, "t.i64", GGUF_TYPE_INT64);
+    ts_w_u64(w, (uint64_t)-(1ll << 40));
+    ts_w_key(w, "t.f64", GGUF_TYPE_FLOAT64);
+    ts_w_f64(w, 3.25);
+    ts_w_key(w, "t.strs", GGUF_TYPE_ARRAY);
+    ts_w_u32(w, GGUF_TYPE_STRING);
+    ts_w_u64(w, 3);
+    ts_w_str(w, "a");
+    ts_w_str(w, "bc");
+    ts_w_str(w, "");
     /* [["x", "yz"], []] */
-    w_key(w, "t.nested", GGUF_TYPE_ARRAY);
-    w_u32(w, GGUF_TYPE_ARRAY);
-    w_u64(w, 2);
-    w_u32(w, GGUF_TYPE_STRING);
-    w_u64(w, 2);
-    w_str(w, "x");
-    w_str(w, "yz");
-    w_u32(w, GGUF_TYPE_STRING);
-    w_u64(w, 0);
-    w_key(w, "t.u32s", GGUF_TYPE_ARRAY);
-    w_u32(w, GGUF_TYPE_UINT32);
-    w_u64(w, 4);
+    ts_w_key(w, "t.nested", GGUF_TYPE_ARRAY);
+    ts_w_u32(w, GGUF_TYPE_ARRAY);
+    ts_w_u64(w, 2);
+    ts_w_u32(w, GGUF_TYPE_STRING);
+    ts_w_u64(w, 2);
+    ts_w_str(w, "x");
+    ts_w_str(w, "yz");
+    ts_w_u32(w, GGUF_TYPE_STRING);
+    ts_w_u64(w, 0);
+    ts_w_key(w, "t.u32s", GGUF_TYPE_ARRAY);
+    ts_w_u32(w, GGUF_TYPE_UINT32);
+    ts_w_u64(w, 4);
     for (uint32_t i = 1; i <= 4; i++)
-        w_u32(w, i);
-    w_key(w, "t.f32s", GGUF_TYPE_ARRAY);
-    w_u32(w, GGUF_TYPE_FLOAT32);
-    w_u64(w, 2);
-    w_f32(w, 0.5f);
-    w_f32(w, -2.0f);
+        ts_w_u32(w, i);
+    ts_w_key(w, "t.f32s", GGUF_TYPE_ARRAY);
+    ts_w_u32(w, GGUF_TYPE_FLOAT32);
+    ts_w_u64(w, 2);
+    ts_w_f32(w, 0.5f);
+    ts_w_f32(w, -2.0f);
     if (alignment) {
-        w_key(w, "general.alignment", GGUF_TYPE_UINT32);
-        w_u32(w, alignment);
+        ts_w_key(w, "general.alignment", GGUF_TYPE_UINT32);
+        ts_w_u32(w, alignment);
     }
 
     uint64_t off = 0;
     for (int t = 0; t < 3; t++) {
         s.offsets[t] = off;
-        w_tinfo(w, tensor_names[t], tensor_ndims[t], tensor_dims[t], tensor_types[t], off);
+        ts_w_tinfo(w, tensor_names[t], tensor_ndims[t], tensor_dims[t], tensor_types[t], off);
         off += tensor_nbytes[t];
         off = (off + s.alignment - 1) / s.alignment * s.alignment;
     }
-    w_pad(w, s.alignment);
+    ts_w_pad(w, s.alignment);
     s.data_offset = w->len;
     for (int t = 0; t < 3; t++) {
-        w_zeros(w, s.data_offset + s.offsets[t] - w->len);
+        ts_w_zeros(w, s.data_offset + s.offsets[t] - w->len);
         for (uint64_t i = 0; i < tensor_nbytes[t]; i++)
-            w_u8(w, pattern(t, i));
+            ts_w_u8(w, pattern(t, i));
     }
     return s;
 }
@@ -249,7 +182,7 @@ static gguf_file *open_ok(const void *buf, size_t len)
     return f;
 }
 
-static void expect_refused(const wbuf *w, const char *reason)
+static void expect_refused(const ts_wbuf *w, const char *reason)
 {
     guarded g = guarded_alloc(w->len);
     const uint8_t *p = guarded_put(&g, w->p, w->len);
@@ -482,8 +415,8 @@ Test(gguf, parses_every_field_v2_alignment_64)
 
 Test(gguf, empty_file_with_no_tensors)
 {
-    wbuf w = {0};
-    w_hdr(&w, 3, 0, 0);
+    ts_wbuf w = {0};
+    ts_w_hdr(&w, 3, 0, 0);
     gguf_file *f = open_ok(w.p, w.len);
     cr_assert_eq(gguf_kv_count(f), 0);
     cr_assert_eq(gguf_tensor_count(f), 0);
@@ -669,135 +602,135 @@ Test(gguf, random_mutations_never_crash, .timeout = 240)
 
 /* One key "k" of the given type, written by the caller, then padding so that
  * count-versus-size prechecks do not fire first. */
-static wbuf one_kv(gguf_type t)
+static ts_wbuf one_kv(gguf_type t)
 {
-    wbuf w = {0};
-    w_hdr(&w, 3, 0, 1);
-    w_key(&w, "k", t);
+    ts_wbuf w = {0};
+    ts_w_hdr(&w, 3, 0, 1);
+    ts_w_key(&w, "k", t);
     return w;
 }
 
 /* One tensor "w" with the given shape/type/offset and 4 KiB of data. */
-static wbuf one_tensor(uint32_t n_dims, const uint64_t *dims, uint32_t type, uint64_t offset)
+static ts_wbuf one_tensor(uint32_t n_dims, const uint64_t *dims, uint32_t type, uint64_t offset)
 {
-    wbuf w = {0};
-    w_hdr(&w, 3, 1, 0);
-    w_tinfo(&w, "w", n_dims, dims, type, offset);
-    w_pad(&w, 32);
-    w_zeros(&w, 4096);
+    ts_wbuf w = {0};
+    ts_w_hdr(&w, 3, 1, 0);
+    ts_w_tinfo(&w, "w", n_dims, dims, type, offset);
+    ts_w_pad(&w, 32);
+    ts_w_zeros(&w, 4096);
     return w;
 }
 
 Test(gguf, malicious_header)
 {
-    wbuf w = {0};
-    w_bytes(&w, "GGUG", 4);
-    w_u32(&w, 3);
-    w_zeros(&w, 64);
+    ts_wbuf w = {0};
+    ts_w_bytes(&w, "GGUG", 4);
+    ts_w_u32(&w, 3);
+    ts_w_zeros(&w, 64);
     expect_refused(&w, "bad magic");
     free(w.p);
 
-    w = (wbuf){0};
-    w_hdr(&w, 1, 0, 0);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 1, 0, 0);
     expect_refused(&w, "unsupported GGUF version 1");
     free(w.p);
 
-    w = (wbuf){0};
-    w_hdr(&w, 0x03000000u, 0, 0);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 0x03000000u, 0, 0);
     expect_refused(&w, "big-endian");
     free(w.p);
 
-    w = (wbuf){0};
-    w_hdr(&w, 3, 0, (1u << 20) + 1);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 3, 0, (1u << 20) + 1);
     expect_refused(&w, "kv count 1048577 exceeds limit");
     free(w.p);
 
-    w = (wbuf){0};
-    w_hdr(&w, 3, UINT64_MAX, 0);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 3, UINT64_MAX, 0);
     expect_refused(&w, "tensor count 18446744073709551615 exceeds limit");
     free(w.p);
 
-    w = (wbuf){0};
-    w_hdr(&w, 3, 0, 1000);
-    w_zeros(&w, 100);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 3, 0, 1000);
+    ts_w_zeros(&w, 100);
     expect_refused(&w, "kv count 1000 exceeds remaining 100 bytes");
     free(w.p);
 }
 
 Test(gguf, malicious_metadata)
 {
-    wbuf w = {0};
-    w_hdr(&w, 3, 0, 1);
-    w_u64(&w, 1ull << 60);
-    w_zeros(&w, 64);
+    ts_wbuf w = {0};
+    ts_w_hdr(&w, 3, 0, 1);
+    ts_w_u64(&w, 1ull << 60);
+    ts_w_zeros(&w, 64);
     expect_refused(&w, "string length 1152921504606846976 past end of file");
     free(w.p);
 
     w = one_kv(GGUF_TYPE_STRING);
-    w_u64(&w, UINT64_MAX);
+    ts_w_u64(&w, UINT64_MAX);
     expect_refused(&w, "string length 18446744073709551615 past end of file");
     free(w.p);
 
     w = one_kv(GGUF_TYPE_ARRAY);
-    w_u32(&w, GGUF_TYPE_UINT32);
-    w_u64(&w, 1ull << 62);
-    w_zeros(&w, 64);
+    ts_w_u32(&w, GGUF_TYPE_UINT32);
+    ts_w_u64(&w, 1ull << 62);
+    ts_w_zeros(&w, 64);
     expect_refused(&w, "key 'k': array of 4611686018427387904 uint32");
     free(w.p);
 
     w = one_kv(GGUF_TYPE_ARRAY);
-    w_u32(&w, GGUF_TYPE_STRING);
-    w_u64(&w, 1ull << 40);
-    w_zeros(&w, 64);
+    ts_w_u32(&w, GGUF_TYPE_STRING);
+    ts_w_u64(&w, 1ull << 40);
+    ts_w_zeros(&w, 64);
     expect_refused(&w, "key 'k': array count 1099511627776 exceeds remaining 64 bytes");
     free(w.p);
 
     w = one_kv(GGUF_TYPE_ARRAY);
     for (int d = 0; d < 12; d++) {
-        w_u32(&w, GGUF_TYPE_ARRAY);
-        w_u64(&w, 1);
+        ts_w_u32(&w, GGUF_TYPE_ARRAY);
+        ts_w_u64(&w, 1);
     }
-    w_zeros(&w, 64);
+    ts_w_zeros(&w, 64);
     expect_refused(&w, "nested deeper than 8");
     free(w.p);
 
     w = one_kv((gguf_type)13);
-    w_zeros(&w, 64);
+    ts_w_zeros(&w, 64);
     expect_refused(&w, "unknown value type 13");
     free(w.p);
 
     w = one_kv(GGUF_TYPE_ARRAY);
-    w_u32(&w, 77);
-    w_zeros(&w, 64);
+    ts_w_u32(&w, 77);
+    ts_w_zeros(&w, 64);
     expect_refused(&w, "unknown array element type 77");
     free(w.p);
 
-    w = (wbuf){0};
-    w_hdr(&w, 3, 0, 2);
-    w_key(&w, "a", GGUF_TYPE_UINT8);
-    w_u8(&w, 1);
-    w_key(&w, "a", GGUF_TYPE_UINT8);
-    w_u8(&w, 2);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 3, 0, 2);
+    ts_w_key(&w, "a", GGUF_TYPE_UINT8);
+    ts_w_u8(&w, 1);
+    ts_w_key(&w, "a", GGUF_TYPE_UINT8);
+    ts_w_u8(&w, 2);
     expect_refused(&w, "duplicate key 'a'");
     free(w.p);
 
-    w = (wbuf){0};
-    w_hdr(&w, 3, 0, 1);
-    w_key(&w, "general.alignment", GGUF_TYPE_UINT32);
-    w_u32(&w, 48);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 3, 0, 1);
+    ts_w_key(&w, "general.alignment", GGUF_TYPE_UINT32);
+    ts_w_u32(&w, 48);
     expect_refused(&w, "general.alignment 48 is not a power of two");
     free(w.p);
 
-    w = (wbuf){0};
-    w_hdr(&w, 3, 0, 1);
-    w_key(&w, "general.alignment", GGUF_TYPE_UINT64);
-    w_u64(&w, 32);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 3, 0, 1);
+    ts_w_key(&w, "general.alignment", GGUF_TYPE_UINT64);
+    ts_w_u64(&w, 32);
     expect_refused(&w, "general.alignment has type uint64, expected uint32");
     free(w.p);
 
     /* A scalar cut short by the end of the file. */
     w = one_kv(GGUF_TYPE_UINT64);
-    w_u32(&w, 7);
+    ts_w_u32(&w, 7);
     expect_refused(&w, "scalar value at offset");
     free(w.p);
 }
@@ -805,7 +738,7 @@ Test(gguf, malicious_metadata)
 Test(gguf, malicious_tensors)
 {
     uint64_t dims5[5] = {32, 1, 1, 1, 1};
-    wbuf w = one_tensor(5, dims5, GGUF_GGML_F32, 0);
+    ts_wbuf w = one_tensor(5, dims5, GGUF_GGML_F32, 0);
     expect_refused(&w, "tensor 'w': n_dims 5 > 4");
     free(w.p);
 
@@ -860,22 +793,22 @@ Test(gguf, malicious_tensors)
     free(w.p);
 
     /* Duplicate names, each tensor otherwise valid. */
-    w = (wbuf){0};
-    w_hdr(&w, 3, 2, 0);
-    w_tinfo(&w, "w", 1, d1, GGUF_GGML_F32, 0);
-    w_tinfo(&w, "w", 1, d1, GGUF_GGML_F32, 128);
-    w_pad(&w, 32);
-    w_zeros(&w, 256);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 3, 2, 0);
+    ts_w_tinfo(&w, "w", 1, d1, GGUF_GGML_F32, 0);
+    ts_w_tinfo(&w, "w", 1, d1, GGUF_GGML_F32, 128);
+    ts_w_pad(&w, 32);
+    ts_w_zeros(&w, 256);
     expect_refused(&w, "duplicate tensor name 'w'");
     free(w.p);
 
     char longname[GGUF_MAX_NAME + 2];
     memset(longname, 'n', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
-    w = (wbuf){0};
-    w_hdr(&w, 3, 1, 0);
-    w_tinfo(&w, longname, 1, d1, GGUF_GGML_F32, 0);
-    w_zeros(&w, 256);
+    w = (ts_wbuf){0};
+    ts_w_hdr(&w, 3, 1, 0);
+    ts_w_tinfo(&w, longname, 1, d1, GGUF_GGML_F32, 0);
+    ts_w_zeros(&w, 256);
     expect_refused(&w, "name of 65 bytes exceeds 64");
     free(w.p);
 }
