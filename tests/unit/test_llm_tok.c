@@ -19,6 +19,8 @@
 #include "../../plugins/llama/llm_tok.c"
 
 #include <criterion/criterion.h>
+
+#include "ts_gguf.h"
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,67 +330,37 @@ Test(pretok, qwen2) { check_pretok(LLM_PRE_QWEN2, pretok_qwen2, COUNT(pretok_qwe
  * GGUF writer (a vocabulary only: no tensors)
  * ======================================================================== */
 
-typedef struct wbuf {
-    uint8_t *p;
-    size_t len, cap;
+/* A vocabulary under construction: its key/values as ts_gguf bytes, and how
+ * many keys they hold (the header comes last, in w_finish). */
+typedef struct kvbuf {
+    ts_wbuf b;
     uint64_t n_kv;
-} wbuf;
+} kvbuf;
 
-static void w_bytes(wbuf *w, const void *src, size_t n)
+static void w_key(kvbuf *w, const char *key, gguf_type t)
 {
-    if (w->len + n > w->cap) {
-        size_t cap = w->cap ? w->cap : 4096;
-        while (cap < w->len + n)
-            cap *= 2;
-        w->p = realloc(w->p, cap);
-        cr_assert_not_null(w->p);
-        w->cap = cap;
-    }
-    if (n)
-        memcpy(w->p + w->len, src, n);
-    w->len += n;
-}
-
-static void w_u8(wbuf *w, uint8_t v) { w_bytes(w, &v, 1); }
-static void w_u32(wbuf *w, uint32_t v) { w_bytes(w, &v, 4); }
-static void w_u64(wbuf *w, uint64_t v) { w_bytes(w, &v, 8); }
-
-static void w_strn(wbuf *w, const char *s, size_t n)
-{
-    w_u64(w, n);
-    w_bytes(w, s, n);
-}
-
-static void w_str(wbuf *w, const char *s) { w_strn(w, s, strlen(s)); }
-
-static void w_key(wbuf *w, const char *key, gguf_type t)
-{
-    w_str(w, key);
-    w_u32(w, (uint32_t)t);
+    ts_w_key(&w->b, key, (uint32_t)t);
     w->n_kv++;
 }
 
-static void kv_str(wbuf *w, const char *key, const char *val)
+static void kv_str(kvbuf *w, const char *key, const char *val)
 {
     w_key(w, key, GGUF_TYPE_STRING);
-    w_str(w, val);
+    ts_w_str(&w->b, val);
 }
 
-static void kv_u32(wbuf *w, const char *key, uint32_t v)
+static void kv_u32(kvbuf *w, const char *key, uint32_t v)
 {
     w_key(w, key, GGUF_TYPE_UINT32);
-    w_u32(w, v);
+    ts_w_u32(&w->b, v);
 }
 
 /* The file: header, then the key/values written so far. */
-static wbuf w_finish(const wbuf *kvs)
+static ts_wbuf w_finish(const kvbuf *kvs)
 {
-    wbuf f = {0};
-    w_bytes(&f, "GGUF", 4);
-    w_u32(&f, 3);
-    w_u64(&f, 0);
-    w_u64(&f, kvs->n_kv);
-    w_bytes(&f, kvs->p, kvs->len);
+    ts_wbuf f = {0};
+    ts_w_hdr(&f, 3, 0, kvs->n_kv);
+    ts_w_bytes(&f, kvs->b.p, kvs->b.len);
     return f;
 }
 
@@ -461,11 +433,11 @@ typedef struct toy_opts {
     const char *drop_byte;     /* this byte's token text is replaced by "drop" */
 } toy_opts;
 
-static wbuf toy_file(const toy_opts *o)
+static ts_wbuf toy_file(const toy_opts *o)
 {
-    wbuf w = {0};
+    kvbuf w = {0};
     w_key(&w, "general.architecture", GGUF_TYPE_STRING);
-    w_str(&w, "llama");
+    ts_w_str(&w.b, "llama");
     if (!o->no_model)
         kv_str(&w, "tokenizer.ggml.model", o->model ? o->model : "gpt2");
     if (!o->no_pre)
@@ -477,41 +449,41 @@ static wbuf toy_file(const toy_opts *o)
         break;
     case K_ALT1:
         w_key(&w, "tokenizer.ggml.tokens", GGUF_TYPE_ARRAY);
-        w_u32(&w, GGUF_TYPE_UINT32);
-        w_u64(&w, 2);
-        w_u32(&w, 1);
-        w_u32(&w, 2);
+        ts_w_u32(&w.b, GGUF_TYPE_UINT32);
+        ts_w_u64(&w.b, 2);
+        ts_w_u32(&w.b, 1);
+        ts_w_u32(&w.b, 2);
         break;
     case K_ALT2:
         kv_str(&w, "tokenizer.ggml.tokens", "abc");
         break;
     case K_ALT3:
         w_key(&w, "tokenizer.ggml.tokens", GGUF_TYPE_ARRAY);
-        w_u32(&w, GGUF_TYPE_STRING);
-        w_u64(&w, 0);
+        ts_w_u32(&w.b, GGUF_TYPE_STRING);
+        ts_w_u64(&w.b, 0);
         break;
     default:
         w_key(&w, "tokenizer.ggml.tokens", GGUF_TYPE_ARRAY);
-        w_u32(&w, GGUF_TYPE_STRING);
-        w_u64(&w, (uint64_t)n);
+        ts_w_u32(&w.b, GGUF_TYPE_STRING);
+        ts_w_u64(&w.b, (uint64_t)n);
         for (unsigned b = 0; b < 256; b++) {
             char c[4];
             size_t k = byte_char(b, c);
             if (o->drop_byte && (unsigned char)o->drop_byte[0] == b)
-                w_str(&w, "drop");
+                ts_w_str(&w.b, "drop");
             else
-                w_strn(&w, c, k);
+                ts_w_strn(&w.b, c, k);
         }
         for (size_t i = 0; i < COUNT(toy_extra); i++)
-            w_str(&w, o->tokens == K_ALT4 && i == 5 ? "ab" : toy_extra[i].text);
+            ts_w_str(&w.b, o->tokens == K_ALT4 && i == 5 ? "ab" : toy_extra[i].text);
         break;
     }
 
     if (o->types != K_OMIT) {
         w_key(&w, "tokenizer.ggml.token_type", GGUF_TYPE_ARRAY);
-        w_u32(&w, o->types == K_ALT1 ? GGUF_TYPE_UINT8 : GGUF_TYPE_INT32);
+        ts_w_u32(&w.b, o->types == K_ALT1 ? GGUF_TYPE_UINT8 : GGUF_TYPE_INT32);
         int cnt = o->types == K_ALT2 ? n - 1 : n;
-        w_u64(&w, (uint64_t)cnt);
+        ts_w_u64(&w.b, (uint64_t)cnt);
         for (int i = 0; i < cnt; i++) {
             int32_t t = i < 256 ? 1 : toy_extra[i - 256].type;
             if (o->types == K_ALT3 && i == 100)
@@ -519,29 +491,29 @@ static wbuf toy_file(const toy_opts *o)
             if (o->types == K_ALT4 && i == 100)
                 t = -1;
             if (o->types == K_ALT1)
-                w_u8(&w, (uint8_t)t);
+                ts_w_u8(&w.b, (uint8_t)t);
             else
-                w_u32(&w, (uint32_t)t);
+                ts_w_u32(&w.b, (uint32_t)t);
         }
     }
 
     if (o->merges == K_ALT1) {
         w_key(&w, "tokenizer.ggml.merges", GGUF_TYPE_ARRAY);
-        w_u32(&w, GGUF_TYPE_INT32);
-        w_u64(&w, 1);
-        w_u32(&w, 5);
+        ts_w_u32(&w.b, GGUF_TYPE_INT32);
+        ts_w_u64(&w.b, 1);
+        ts_w_u32(&w.b, 5);
     } else if (o->merges != K_OMIT) {
         const char *const *ml = o->merge_list ? o->merge_list : toy_merges;
         size_t cnt = 0;
         while (ml[cnt])
             cnt++;
         w_key(&w, "tokenizer.ggml.merges", GGUF_TYPE_ARRAY);
-        w_u32(&w, GGUF_TYPE_STRING);
-        w_u64(&w, cnt + (o->extra_merge ? 1 : 0));
+        ts_w_u32(&w.b, GGUF_TYPE_STRING);
+        ts_w_u64(&w.b, cnt + (o->extra_merge ? 1 : 0));
         for (size_t i = 0; i < cnt; i++)
-            w_str(&w, ml[i]);
+            ts_w_str(&w.b, ml[i]);
         if (o->extra_merge)
-            w_str(&w, o->extra_merge);
+            ts_w_str(&w.b, o->extra_merge);
     }
 
     switch (o->bos) {
@@ -550,24 +522,24 @@ static wbuf toy_file(const toy_opts *o)
     case K_ALT2: kv_str(&w, "tokenizer.ggml.bos_token_id", "1"); break;
     case K_ALT3:
         w_key(&w, "tokenizer.ggml.bos_token_id", GGUF_TYPE_INT32);
-        w_u32(&w, (uint32_t)-1);
+        ts_w_u32(&w.b, (uint32_t)-1);
         break;
     case K_ALT4:
         w_key(&w, "tokenizer.ggml.bos_token_id", GGUF_TYPE_INT32);
-        w_u32(&w, (uint32_t)-7);
+        ts_w_u32(&w.b, (uint32_t)-7);
         break;
     default: break;
     }
     kv_u32(&w, "tokenizer.ggml.eos_token_id", 258);
     if (o->add_bos == 1) {
         w_key(&w, "tokenizer.ggml.add_bos_token", GGUF_TYPE_BOOL);
-        w_u8(&w, 1);
+        ts_w_u8(&w.b, 1);
     } else if (o->add_bos == 2) {
         w_key(&w, "tokenizer.ggml.add_bos_token", GGUF_TYPE_UINT8);
-        w_u8(&w, 1);
+        ts_w_u8(&w.b, 1);
     }
-    wbuf f = w_finish(&w);
-    free(w.p);
+    ts_wbuf f = w_finish(&w);
+    free(w.b.p);
     return f;
 }
 
@@ -577,7 +549,7 @@ static toy_opts toy_defaults(void)
 }
 
 typedef struct toy {
-    wbuf file;
+    ts_wbuf file;
     gguf_file *g;
     llm_vocab *v;
 } toy;
@@ -874,7 +846,7 @@ static const bad_case bad_cases[] = {
 Test(refuse, malicious_metadata)
 {
     for (size_t i = 0; i < COUNT(bad_cases); i++) {
-        wbuf f = toy_file(&bad_cases[i].o);
+        ts_wbuf f = toy_file(&bad_cases[i].o);
         gguf_file *g;
         char err[256] = "";
         cr_assert_eq(gguf_open_mem(f.p, f.len, &g, err, sizeof err), 0, "%s: %s", bad_cases[i].name, err);
@@ -897,7 +869,7 @@ Test(refuse, long_reason_is_bounded)
     pre[sizeof pre - 1] = '\0';
     toy_opts o = toy_defaults();
     o.pre = pre;
-    wbuf f = toy_file(&o);
+    ts_wbuf f = toy_file(&o);
     gguf_file *g;
     char err[128];
     cr_assert_eq(gguf_open_mem(f.p, f.len, &g, err, sizeof err), 0);
@@ -915,7 +887,7 @@ Test(refuse, long_reason_is_bounded)
 Test(refuse, mutations_never_crash)
 {
     toy_opts o = toy_defaults();
-    wbuf f = toy_file(&o);
+    ts_wbuf f = toy_file(&o);
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t span = (f.len + page - 1) / page * page;
     uint8_t *map = mmap(NULL, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
