@@ -33,7 +33,23 @@ typedef struct out {
     int prompt_tokens, completion_tokens;
     char finish[16];
     int stop_after_pieces; /* on_text returns -1 after this many (0: never) */
+    /* When set, on_text (the scheduler thread) blocks after this many
+     * pieces until *gate is nonzero: lets a test act "while this request
+     * is decoding" without depending on how fast the machine is. */
+    int hold_after_pieces;
+    int *gate;
 } out;
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+
+static void gate_open(int *gate)
+{
+    pthread_mutex_lock(&gate_mu);
+    *gate = 1;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
 
 typedef struct env {
     char *dir;
@@ -53,7 +69,15 @@ static int on_text(void *ctx, void *user, const char *t, size_t n)
     o->streamed_len += n;
     o->pieces++;
     int stop = o->stop_after_pieces && o->pieces >= o->stop_after_pieces;
+    int hold = o->hold_after_pieces && o->pieces == o->hold_after_pieces;
+    pthread_cond_broadcast(&o->cv);
     pthread_mutex_unlock(&o->mu);
+    if (hold) {
+        pthread_mutex_lock(&gate_mu);
+        while (!*o->gate)
+            pthread_cond_wait(&gate_cv, &gate_mu);
+        pthread_mutex_unlock(&gate_mu);
+    }
     return stop ? -1 : 0;
 }
 
@@ -211,17 +235,19 @@ Test(llm_engine, a_new_request_joins_while_another_decodes)
     env_open(&e, 4, 4, 64);
     char err[256];
     out *longr = out_new(), *shortr = out_new();
+    int gate = 0;
+    longr->hold_after_pieces = 3;
+    longr->gate = &gate;
     cr_assert_eq(submit(&e, longr, 8, 1, 300, true, NULL, err, sizeof err), 0, "%s", err);
-    /* Wait until the long one is generating. */
-    for (int i = 0; i < 2000; i++) {
-        pthread_mutex_lock(&longr->mu);
-        int p = longr->pieces;
-        pthread_mutex_unlock(&longr->mu);
-        if (p > 2)
-            break;
-        usleep(1000);
-    }
+    /* The long request stops in its third piece's callback until the short
+     * one is queued, so it is certainly decoding when the short one comes;
+     * it then has 297 tokens left against the short one's 3. */
+    pthread_mutex_lock(&longr->mu);
+    while (longr->pieces < 3)
+        pthread_cond_wait(&longr->cv, &longr->mu);
+    pthread_mutex_unlock(&longr->mu);
     cr_assert_eq(submit(&e, shortr, 8, 2, 3, true, NULL, err, sizeof err), 0, "%s", err);
+    gate_open(&gate);
     out_wait(shortr);
     pthread_mutex_lock(&longr->mu);
     int long_done = longr->done;
