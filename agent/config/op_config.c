@@ -1768,6 +1768,19 @@ const op_config_account *op_config_find_account(const op_config *cfg, const char
     return NULL;
 }
 
+const op_config_gateway *op_config_find_gateway(const op_config *cfg, const char *account,
+                                                const char *id)
+{
+    if (!cfg || !account || !id)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_gateways; i++) {
+        const op_config_gateway *g = &cfg->gateways[i];
+        if (g->account && g->id && strcmp(g->account, account) == 0 && strcmp(g->id, id) == 0)
+            return g;
+    }
+    return NULL;
+}
+
 const op_config_model *op_config_find_model(const op_config *cfg, const char *id_or_alias)
 {
     if (!cfg || !id_or_alias)

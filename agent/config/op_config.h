@@ -100,6 +100,77 @@ typedef struct op_config_policy {
     size_t n_files;
 } op_config_policy;
 
+/* --- AI gateway (docs/config.md, "gateways") -------------------------- */
+
+typedef enum op_provider_kind {
+    OP_PROVIDER_OPENAI = 0,     /* OpenAI-compatible API: {base_url}/chat/completions ... */
+    OP_PROVIDER_WORKERS_AI = 1, /* Workers AI-compatible: {base_url}/ai/run/{model} */
+} op_provider_kind;
+
+/* An upstream HTTP provider of one gateway. Steps and pass-through paths name
+ * it; "local" and "workers-ai" are reserved for the agent's own models. */
+typedef struct op_config_provider {
+    char *name;               /* [a-z0-9_-]{1,64}, unique in its gateway, not reserved */
+    op_provider_kind kind;    /* kind: openai (default) | workers-ai */
+    char *base_url;           /* http:// or https://, no trailing slash (required) */
+    char *api_key;            /* sent as "Authorization: Bearer KEY"; never logged; may be NULL */
+    op_config_kv *headers;    /* extra headers sent upstream, as written */
+    size_t n_headers;
+    int timeout_ms;           /* whole attempt (default 120000) */
+    int connect_timeout_ms;   /* default 10000 */
+    op_config_pos pos;
+} op_config_provider;
+
+typedef enum op_backoff {
+    OP_BACKOFF_CONSTANT = 0,
+    OP_BACKOFF_LINEAR = 1,
+    OP_BACKOFF_EXPONENTIAL = 2,
+} op_backoff;
+
+typedef struct op_config_gateway {
+    char *account;            /* must name a configured account (required) */
+    char *id;                 /* [a-z0-9_-]{1,64}, unique per account (required) */
+    bool authentication;      /* require a valid cf-aig-authorization (default false) */
+    op_config_token *tokens;  /* gateway tokens, as account tokens (name + sha256) */
+    size_t n_tokens;
+    bool collect_logs;        /* write a log record per request (default true) */
+    bool log_payloads;        /* keep request and response bodies in records (default true) */
+    size_t max_payload_bytes; /* per body kept in a record (default 64 KiB, max 16 MiB) */
+    uint64_t retention_max_logs; /* default 10,000,000; 0 = no limit */
+    int64_t retention_max_age_s; /* default 0 = no limit */
+    int cache_ttl_s;          /* default TTL of the response cache; 0 = off unless cf-aig-cache-ttl */
+    int request_timeout_ms;   /* per attempt; 0 = the provider's timeout (default 0) */
+    int max_attempts;         /* per step, 1..5 (default 1) */
+    int retry_delay_ms;       /* 0..5000 (default 100) */
+    op_backoff backoff;       /* constant | linear | exponential (default exponential) */
+    double rate_limit;        /* requests per window; 0 = no gateway-wide limit (default 0) */
+    double rate_limit_window_s; /* default 60 */
+    bool rate_limit_sliding;  /* rate_limit_technique: fixed (default) | sliding */
+    bool sync_logs;           /* answer only once the log record is durable (default false) */
+    op_config_provider *providers;
+    size_t n_providers;
+    op_config_pos pos;
+} op_config_gateway;
+
+/* Price of a model for cost accounting, USD per million tokens. Local models
+ * without an entry get the Workers AI tier of their parameter count. */
+typedef struct op_config_price {
+    char *model;              /* model id (or alias) as steps name it (required) */
+    double input_per_mtok;    /* input (default 0) */
+    double output_per_mtok;   /* output (default 0) */
+    op_config_pos pos;
+} op_config_price;
+
+/* Node-wide gateway settings: the `gateway:` section. */
+typedef struct op_config_gateway_opts {
+    size_t cache_bytes;       /* response cache bound, LRU beyond it (default 256 MiB) */
+    int upstream_threads;     /* HTTP client threads (default 1) */
+    int log_commit_interval_us; /* log store group commit window (default 2000) */
+    bool log_fsync;           /* fdatasync each group commit (default true) */
+    size_t log_segment_bytes; /* log segment size (default 64 MiB) */
+    op_config_pos pos;
+} op_config_gateway_opts;
+
 typedef struct op_config {
     char *path;               /* the file this came from, as given */
     char *base_dir;           /* its directory, for relative paths */
@@ -114,6 +185,11 @@ typedef struct op_config {
     op_config_model *models;
     size_t n_models;
     op_config_policy policy;
+    op_config_gateway *gateways;
+    size_t n_gateways;
+    op_config_price *prices;
+    size_t n_prices;
+    op_config_gateway_opts gateway;
 } op_config;
 
 /* One diagnostic; message already starts with "FILE:LINE:COLUMN: ". */
@@ -146,6 +222,8 @@ void op_config_errors_free(op_config_errors *errs);
 /* Lookups on a loaded config; NULL if absent. Model lookup matches id or alias. */
 const op_config_account *op_config_find_account(const op_config *cfg, const char *id);
 const op_config_model *op_config_find_model(const op_config *cfg, const char *id_or_alias);
+const op_config_gateway *op_config_find_gateway(const op_config *cfg, const char *account,
+                                                const char *id);
 
 /*
  * Reload (SIGHUP) contract, see docs/config.md: accounts/tokens, log, policy
