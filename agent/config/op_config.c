@@ -1837,6 +1837,13 @@ static void f_server(ctx *c, const node *v, void *obj, const field *f, const cha
 static void f_gateway_opts(ctx *c, const node *v, void *obj, const field *f, const char *path)
 {
     op_config_gateway_opts *g = &((op_config *)obj)->gateway;
+    if (v->kind == N_SEQ) { /* the likely slip: one 's' short of the list */
+        diag_add(c, v->line, v->col,
+                 "expected a mapping for %s, got a sequence (the list of gateways is "
+                 "'gateways')",
+                 path);
+        return;
+    }
     g->pos = (op_config_pos){v->line, v->col};
     walk_mapping(c, v, path, f->sub, g);
 }

@@ -1365,6 +1365,15 @@ Test(config_gateway_errors, bad_enums_and_booleans)
                            "10:16: expected true or false for gateways[0].sync_logs, got a "
                            "sequence",
                            NULL});
+    expect_text_errors(GW_HEAD "gateway:\n  - {account: local, id: g}\n",
+                       (const char *const[]){
+                           "4:3: expected a mapping for gateway, got a sequence (the list of "
+                           "gateways is 'gateways')",
+                           NULL});
+    expect_text_errors(GW_HEAD "gateways: [{account: local, id: g, retention: [1]}]\n",
+                       (const char *const[]){
+                           "3:47: expected a mapping for gateways[0].retention, got a sequence",
+                           NULL});
 }
 
 Test(config_gateway_errors, out_of_range_numbers)
