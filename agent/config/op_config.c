@@ -1401,6 +1401,10 @@ static void f_options(ctx *c, const node *v, void *obj, const field *f, const ch
 static const char *const provider_kind_names[] = {"openai", "workers-ai", NULL};
 static const char *const backoff_names[] = {"constant", "linear", "exponential", NULL};
 static const char *const technique_names[] = {"fixed", "sliding", NULL};
+_Static_assert(OP_PROVIDER_OPENAI == 0 && OP_PROVIDER_WORKERS_AI == 1,
+               "provider_kind_names follows op_provider_kind");
+_Static_assert(OP_BACKOFF_CONSTANT == 0 && OP_BACKOFF_LINEAR == 1 && OP_BACKOFF_EXPONENTIAL == 2,
+               "backoff_names follows op_backoff");
 /* Names that steps use for the agent's own models: a provider may not take them. */
 static const char *const reserved_provider_names[] = {"local", "workers-ai", NULL};
 
@@ -1564,8 +1568,9 @@ static void f_api_key(ctx *c, const node *v, void *obj, const field *f, const ch
         return;
     }
     if (memchr(v->s, '\0', v->len) || !api_key_ok(v->s)) {
-        diag_add(c, v->line, v->col, "%s must be 1 to %d visible ASCII characters without spaces%s",
-                 path, MAX_API_KEY, provider_note(c, lb, sizeof lb, "value not shown"));
+        diag_add(c, v->line, v->col,
+                 "%s must be 1 to %d visible ASCII characters without spaces%s", path,
+                 MAX_API_KEY, provider_note(c, lb, sizeof lb, "value not shown"));
         return;
     }
     set_str(&((op_config_provider *)obj)->api_key, xstrdup(c, v->s));
@@ -2030,7 +2035,8 @@ static void provider_finish(ctx *c, const node *it, const char *ip, op_config_pr
     if (p->api_key_env && en) {
         const char *val = getenv(p->api_key_env);
         if (!val) {
-            diag_add(c, en->line, en->col, "environment variable %s named by %s.api_key_env is not set%s",
+            diag_add(c, en->line, en->col,
+                     "environment variable %s named by %s.api_key_env is not set%s",
                      p->api_key_env, ip, provider_note(c, lb, sizeof lb, NULL));
         } else if (!api_key_ok(val)) {
             diag_add(c, en->line, en->col,
