@@ -1,7 +1,9 @@
 /*
  * op_config: loading the example, defaults, size strings, path resolution,
  * lookups, and the exact FILE:LINE:COLUMN message of every error class
- * (fixtures in tests/data/config/). Ends with truncation/mutation loops that
+ * (fixtures in tests/data/config/); the AI gateway sections (gateways,
+ * providers, prices, gateway:) with inline configs, including that no
+ * provider secret reaches an error. Ends with truncation/mutation loops that
  * feed damaged configs through the parser: run under ASan they catch
  * over-reads, leaks and crashes.
  */
