@@ -474,7 +474,7 @@ void ls_tix_purge_range(ls_tix *t, const ls_sums *ss, ls_key lo, ls_key hi);
 /* ======================================================================== */
 
 /* "%016llx.seg" + NUL */
-#define LS_SEG_NAME_LEN 21
+#define LS_SEG_NAME_LEN 20
 void ls_seg_name(uint64_t no, char out[LS_SEG_NAME_LEN + 1]);
 /* Parses a segment file name; false if name is not one. */
 bool ls_seg_name_parse(const char *name, uint64_t *no);
