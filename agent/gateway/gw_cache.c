@@ -483,14 +483,22 @@ static bool buffer_append(gw_flight *f, const char *data, size_t len)
     return true;
 }
 
-static void flight_destroy(gw_flight *f)
+static void buffer_free(gw_flight *f)
 {
     for (fl_block *b = f->first; b;) {
         fl_block *next = b->next;
         free(b);
         b = next;
     }
+    f->first = f->last = NULL;
+    f->stored = 0;
     atomic_fetch_sub_explicit(&f->c->flight_bytes, f->reserved, memory_order_relaxed);
+    f->reserved = 0;
+}
+
+static void flight_destroy(gw_flight *f)
+{
+    buffer_free(f);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
     free(f);
@@ -570,6 +578,19 @@ static bool reap(gw_flight *f, gw_cache_follow *fw)
         fw->next->prev = fw->prev;
     free(fw);
     return --f->refs == 0;
+}
+
+/* Once the flight ended and every follower had its on_done (or left), nobody
+ * reads the buffer again: give its memory back now rather than when the
+ * last follower handle is freed (f->mu held). */
+static void buffer_release_if_idle(gw_flight *f)
+{
+    if (f->state == FL_RUNNING || !f->first)
+        return;
+    for (const gw_cache_follow *fw = f->followers; fw; fw = fw->next)
+        if (fw->busy || (!fw->done_sent && !fw->cancelled))
+            return;
+    buffer_free(f);
 }
 
 static void claim(gw_cache_follow *fw)
@@ -688,6 +709,7 @@ gw_cache_result gw_cache_begin(gw_cache *c, const gw_cache_key *k, uint64_t now_
                 unref_dropped(dropped);
                 deliver(f, fw, NULL, 0, 0);
                 release(f, fw); /* not unfollowed yet: the caller has no handle */
+                buffer_release_if_idle(f);
                 pthread_mutex_unlock(&f->mu);
                 *follow = fw;
                 return GW_CACHE_FOLLOW;
@@ -768,6 +790,7 @@ static void flight_end(gw_flight *f, int state, gw_cache_entry *e, uint64_t now_
     pthread_mutex_lock(&f->mu);
     f->state = state;
     leader_pass(f, NULL, 0, 0);
+    buffer_release_if_idle(f);
     bool last = --f->refs == 0;
     pthread_mutex_unlock(&f->mu);
     if (last)
