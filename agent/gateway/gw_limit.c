@@ -246,13 +246,8 @@ static void slots_put(lim_slot *slots, size_t cap, uint64_t hash, lim_counter *c
     slots[i].c = c;
 }
 
-/* Keeps the load under 70%; the index never shrinks (it is 16 bytes a
- * slot, bounded through max_keys). */
-static int shard_reserve(lim_shard *s)
+static int shard_resize(lim_shard *s, size_t ncap)
 {
-    if ((s->n + 1) * 10 <= s->cap * 7)
-        return 0;
-    size_t ncap = s->cap * 2;
     lim_slot *ns = calloc(ncap, sizeof *ns);
     if (!ns)
         return -1;
@@ -262,7 +257,27 @@ static int shard_reserve(lim_shard *s)
     free(s->slots);
     s->slots = ns;
     s->cap = ncap;
+    s->sweep_pos = 0;
     return 0;
+}
+
+/* Keeps the load under 70%. */
+static int shard_reserve(lim_shard *s)
+{
+    if ((s->n + 1) * 10 <= s->cap * 7)
+        return 0;
+    return shard_resize(s, s->cap * 2);
+}
+
+/* After a burst of keys has been reclaimed, the index gives its memory back
+ * too (below 1/8 full; growth happens at 70%, so no flapping). */
+static void shard_maybe_shrink(lim_shard *s)
+{
+    size_t ncap = s->cap;
+    while (ncap > INITIAL_SLOTS && s->n * 8 < ncap)
+        ncap /= 2;
+    if (ncap != s->cap)
+        shard_resize(s, ncap); /* on failure it simply stays larger */
 }
 
 /* Removes slot i, shifting the rest of its cluster back so that every entry
@@ -318,6 +333,8 @@ static size_t shard_sweep(gw_limiter *l, lim_shard *s, uint64_t now_ns, size_t b
                 i++;
             }
         }
+        if (reclaimed)
+            shard_maybe_shrink(s);
         return reclaimed;
     }
     for (size_t k = 0; k < budget; k++) {
@@ -331,6 +348,8 @@ static size_t shard_sweep(gw_limiter *l, lim_shard *s, uint64_t now_ns, size_t b
             s->sweep_pos = i + 1;
         }
     }
+    if (reclaimed)
+        shard_maybe_shrink(s);
     return reclaimed;
 }
 
@@ -664,4 +683,17 @@ size_t gw_limiter_sweep(gw_limiter *l, uint64_t now_ns)
 size_t gw_limiter_count(gw_limiter *l)
 {
     return l ? atomic_load_explicit(&l->live, memory_order_relaxed) : 0;
+}
+
+size_t gw_limiter_index_slots(gw_limiter *l)
+{
+    if (!l)
+        return 0;
+    size_t n = 0;
+    for (size_t i = 0; i < GW_LIMIT_SHARDS; i++) {
+        pthread_mutex_lock(&l->shards[i].mu);
+        n += l->shards[i].cap;
+        pthread_mutex_unlock(&l->shards[i].mu);
+    }
+    return n;
 }

@@ -154,5 +154,8 @@ size_t gw_limiter_sweep(gw_limiter *l, uint64_t now_ns);
 
 /* Live counters (for metrics and tests). */
 size_t gw_limiter_count(gw_limiter *l);
+/* Slots of the shard indexes together (16 bytes each; for tests): they grow
+ * with live counters and shrink again once those are reclaimed. */
+size_t gw_limiter_index_slots(gw_limiter *l);
 
 #endif

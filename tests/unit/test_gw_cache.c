@@ -112,6 +112,7 @@ typedef struct rec {
     bool retry_on_fail;      /* on_done(false, false): begin again from the callback */
     long slow_first_data_ns; /* sleep in the first on_data (a slow catch-up) */
     _Atomic bool in_first_data;
+    _Atomic int in_on_data;  /* on_data calls running now */
     gw_cache_key key;
     gw_cache_result retry_result;
     gw_flight *retry_flight;
@@ -146,6 +147,7 @@ static void on_head(void *ctx, const gw_cache_meta *m)
 static void on_data(void *ctx, const char *data, size_t len)
 {
     rec *r = ctx;
+    atomic_fetch_add(&r->in_on_data, 1);
     if (r->slow_first_data_ns && !atomic_exchange(&r->in_first_data, true)) {
         struct timespec ts = {r->slow_first_data_ns / 1000000000L, r->slow_first_data_ns % 1000000000L};
         nanosleep(&ts, NULL);
@@ -163,6 +165,7 @@ static void on_data(void *ctx, const char *data, size_t len)
     if (self_unfollow)
         r->unfollowed = true;
     pthread_mutex_unlock(&r->mu);
+    atomic_fetch_sub(&r->in_on_data, 1);
     if (self_unfollow) {
         gw_cache_unfollow(r->c, r->fw);
         /* The last touch of r: its owner may free it once closed is seen. */
@@ -930,6 +933,52 @@ Test(gw_cache, followers_of_a_flight_over_its_buffer_bound)
     stream_with_followers(2u << 20, 6000, &followed, &completed);
     cr_log_info("overflowing: %d followed, %d to the end", followed, completed);
     cr_expect_gt(followed, 0);
+}
+
+typedef struct unfollower {
+    rec *r;
+    double took_s;
+    int running_after; /* on_data calls still running when unfollow returned */
+} unfollower;
+
+static void *unfollower_main(void *arg)
+{
+    unfollower *u = arg;
+    while (!atomic_load(&u->r->in_first_data))
+        sched_yield();
+    double t0 = now_s();
+    gw_cache_unfollow(u->r->c, u->r->fw);
+    u->took_s = now_s() - t0;
+    u->running_after = atomic_load(&u->r->in_on_data);
+    return NULL;
+}
+
+Test(gw_cache, unfollow_waits_for_a_running_callback)
+{
+    gw_cache *c = gw_cache_new(1 << 20);
+    gw_cache_key k = key_of(91);
+    gw_cache_entry *hit;
+    gw_flight *f;
+    gw_cache_follow *fw;
+    cr_assert_eq(gw_cache_begin(c, &k, T0, true, NULL, &hit, &f, &fw), GW_CACHE_LEAD);
+    rec *r = malloc(sizeof *r);
+    rec_init(r, c);
+    r->slow_first_data_ns = 50000000;
+    cr_assert_eq(follow(c, &k, r), GW_CACHE_FOLLOW);
+    unfollower u = {.r = r};
+    pthread_t th;
+    pthread_create(&th, NULL, unfollower_main, &u);
+    /* on_data runs here, on the leader's thread, for 50 ms; the other
+     * thread unfollows meanwhile and must wait for it to return. */
+    gw_flight_data(f, "data: 1\n\n", 9);
+    pthread_join(th, NULL);
+    cr_expect_eq(u.running_after, 0, "unfollow returned while on_data still ran");
+    cr_expect_gt(u.took_s, 0.01, "unfollow did not wait (%.3f s)", u.took_s);
+    rec_destroy(r);
+    free(r); /* the context goes right after unfollow: ASan sees any later use */
+    gw_flight_data(f, "data: 2\n\n", 9);
+    gw_flight_commit(f, true, S(10), NULL, T0);
+    gw_cache_free(c);
 }
 
 typedef struct slow_join {

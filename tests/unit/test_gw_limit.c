@@ -383,9 +383,14 @@ Test(gw_limit, idle_counters_are_reclaimed)
     }
     cr_expect_leq(peak, 2000);
     cr_expect_gt(gw_limiter_count(l), 500);
-    /* A sweep reclaims everything once all windows passed. */
+    size_t slots_busy = gw_limiter_index_slots(l);
+    /* A sweep reclaims everything once all windows passed, and the index
+     * shrinks back. */
     cr_expect_gt(gw_limiter_sweep(l, T0 + S(400)), 500);
     cr_expect_eq(gw_limiter_count(l), 0);
+    size_t slots_idle = gw_limiter_index_slots(l);
+    cr_expect_lt(slots_idle, slots_busy, "index %zu -> %zu slots", slots_busy, slots_idle);
+    cr_expect_eq(slots_idle, GW_LIMIT_SHARDS * 16, "back to the initial 16 slots a shard");
     gw_limiter_free(l);
 }
 
