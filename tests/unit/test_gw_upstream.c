@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -298,6 +299,8 @@ static void *accept_main(void *arg)
         if (fd < 0)
             continue;
         atomic_fetch_add(&s->accepted, 1);
+        int one = 1;   /* replies go out in several writes: no Nagle delay between them */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         srv_conn *sc = calloc(1, sizeof *sc);
         sc->s = s;
         sc->fd = fd;
