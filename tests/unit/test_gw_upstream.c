@@ -146,6 +146,9 @@ static bool route(srv *s, int fd, const char *method, const char *target, const 
                   size_t head_len, const char *body, size_t body_len)
 {
     char h[512];
+    if (path_is(target, "/echo") && strcmp(method, "HEAD") == 0)
+        return send_str(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                            "Content-Length: 1234\r\n\r\n") == 0;
     if (path_is(target, "/echo")) {
         snprintf(h, sizeof h,
                  "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nX-Reply: yes\r\n"
@@ -222,7 +225,6 @@ static bool route(srv *s, int fd, const char *method, const char *target, const 
         }
         return send_str(fd, "Content-Length: 0\r\n\r\n") == 0;
     }
-    (void)method;
     return send_str(fd, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n") == 0;
 }
 
@@ -663,6 +665,23 @@ Test(gw_upstream, error_status_is_a_response)
     cr_assert(n.ctype_null, "no Content-Type: NULL, got '%s'", n.ctype);
     cr_assert_eq(n.n_data, 0);
     rec_fini(&n);
+
+    /* HEAD: a head and no body, and the connection stays usable. */
+    rec hd;
+    rec_init(&hd);
+    gw_upstream_req q = {.method = "HEAD", .url = url(s, "/echo")};
+    gw_upstream_release(start(u, &q, &hd));
+    rec_wait(&hd, 10000);
+    cr_assert_eq(hd.err, GW_UP_OK, "%s", hd.msg);
+    cr_assert_eq(hd.status, 200);
+    cr_assert(has_line(hd.heads, "Content-Length: 1234"), "%s", hd.heads);
+    cr_assert_eq(hd.n_data, 0);
+    rec_fini(&hd);
+    rec after;
+    rec_init(&after);
+    cr_assert_eq(get(u, url(s, "/echo"), &after), GW_UP_OK, "%s", after.msg);
+    rec_fini(&after);
+    cr_assert_eq(atomic_load(&s->accepted), 1, "one connection for all four");
     gw_upstream_free(u);
     srv_stop(s);
 }
@@ -872,6 +891,42 @@ Test(gw_upstream, connect_refused_and_no_secrets_in_the_message)
     cr_assert_gt(strlen(r.msg), strlen(origin), "curl's reason follows: %s", r.msg);
     rec_fini(&r);
     gw_upstream_free(u);
+}
+
+/* A listener that never accepts, its queue filled: new SYNs are dropped, so
+ * a connect hangs until the connect timeout. */
+Test(gw_upstream, connect_timeout_is_a_connect_error)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(lfd, 0), 0);
+    socklen_t al = sizeof a;
+    getsockname(lfd, (struct sockaddr *)&a, &al);
+    int fill[4];
+    for (int i = 0; i < 4; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&a, sizeof a);
+    }
+    usleep(50000);
+    char target[64];
+    snprintf(target, sizeof target, "http://127.0.0.1:%d/", ntohs(a.sin_port));
+    gw_upstream *u = client(1, 0, NULL);
+    rec r;
+    rec_init(&r);
+    gw_upstream_req q = {.method = "POST", .url = target, .body = "{}", .body_len = 2,
+                         .connect_timeout_ms = 300, .timeout_ms = 5000};
+    gw_upstream_release(start(u, &q, &r));
+    rec_wait(&r, 10000);
+    cr_assert_eq(r.err, GW_UP_CONNECT, "%s: %s", gw_up_err_name(r.err), r.msg);
+    uint64_t took = r.t_done - r.t0;
+    cr_assert(took >= 290 && took < 3000, "gave up after %llu ms", (unsigned long long)took);
+    cr_assert(strstr(r.msg, "(while connecting)"), "%s", r.msg);
+    rec_fini(&r);
+    gw_upstream_free(u);
+    for (int i = 0; i < 4; i++)
+        close(fill[i]);
+    close(lfd);
 }
 
 Test(gw_upstream, stalled_server_times_out_within_budget)
