@@ -901,7 +901,7 @@ int gw_registry_create(gw_registry *reg, const op_config *cfg, const char *accou
     } else if (account_count_locked(reg, account) >= GW_API_GATEWAYS_PER_ACCOUNT_MAX) {
         set_err(err, errlen, "account has the most gateways allowed (%d)",
                 GW_API_GATEWAYS_PER_ACCOUNT_MAX);
-        rc = -ENOSPC;
+        rc = -EDQUOT;
     } else {
         int64_t now = pl_time_wall_ms();
         gw_entry *e = entry_new(account, id, settings, now, now);

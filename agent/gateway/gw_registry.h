@@ -34,8 +34,9 @@
  * the read side off only for the pointer swap, not for the file I/O.
  *
  * Errors: negative errno values: -EINVAL (bad settings, err says which),
- * -ENOENT, -EEXIST, -EROFS (defined in the config file), -ENOMEM, or the
- * errno of a failed write (the in-memory set is unchanged then).
+ * -ENOENT, -EEXIST, -EROFS (defined in the config file), -EDQUOT (the
+ * per-account cap), -ENOMEM, or the errno of a failed write (the in-memory
+ * set is unchanged then).
  */
 #ifndef GW_REGISTRY_H
 #define GW_REGISTRY_H
@@ -94,7 +95,7 @@ size_t gw_registry_api_count(gw_registry *reg);
 
 /* Creates account/id from settings (copied; its account, id, tokens and
  * providers are ignored). -EEXIST if account/id exists in cfg or the API
- * set, -EINVAL if id is malformed, -ENOSPC past
+ * set, -EINVAL if id is malformed, -EDQUOT past
  * GW_API_GATEWAYS_PER_ACCOUNT_MAX. On success fills *out if not NULL. */
 int gw_registry_create(gw_registry *reg, const op_config *cfg, const char *account,
                        const char *id, const op_config_gateway *settings, gw_gateway_view *out,
