@@ -686,15 +686,25 @@ static void handle_logs_list(op_http_req *r, const char *account, const char *gw
         rc = ls_list(logs, &q.f, NULL, 1, q.ascending, &none, unused, &total);
         json_decref(none);
         items = rc == 0 ? json_array() : NULL;
+    } else if (cursor && cursor[0]) {
+        /* From a cursor the store counts only what follows it; the total of
+         * the whole listing takes a count from the start. */
+        rc = ls_list(logs, &q.f, cursor, q.per_page, q.ascending, &items, next, NULL);
+        if (rc == 0) {
+            json_t *none = NULL;
+            char unused[LS_CURSOR_LEN];
+            rc = ls_list(logs, &q.f, NULL, 1, q.ascending, &none, unused, &total);
+            json_decref(none);
+        }
     } else {
-        rc = ls_list(logs, &q.f, cursor, q.per_page, q.ascending, &items, next, &total);
-    }
-    if (rc == -EINVAL && q.cursor) {
-        bad_input(r, "cursor: not a cursor of this listing");
-        return;
+        rc = ls_list(logs, &q.f, NULL, q.per_page, q.ascending, &items, next, &total);
     }
     if (rc) {
-        store_error(r, rc, "listing logs");
+        json_decref(items);
+        if (rc == -EINVAL && q.cursor)
+            bad_input(r, "cursor: not a cursor of this listing");
+        else
+            store_error(r, rc, "listing logs");
         return;
     }
     json_t *info = json_pack("{s:I, s:I, s:I}", "count", (json_int_t)json_array_size(items),
@@ -823,9 +833,9 @@ static void handle_log_patch(op_http_req *r, const char *account, const char *gw
         } else if (strcmp(key, "score") == 0) {
             sc = v;
         } else {
-            json_decref(body);
             respond_error(r, 400, OP_API_ERR_INVALID_INPUT,
                           "%s: unknown field (feedback and score can be set)", key);
+            json_decref(body); /* key lives in body */
             return;
         }
     }
