@@ -570,7 +570,8 @@ static int recover(ls_store *s, uint64_t *max_no, bool *have_id, char *err, size
         free(nos);
         return rc;
     }
-    qsort(nos, n, sizeof *nos, cmp_u64);
+    if (n > 1)
+        qsort(nos, n, sizeof *nos, cmp_u64);
     for (size_t i = 0; i < n && rc == 0; i++) {
         bool last = i + 1 == n;
         char name[LS_SEG_NAME_LEN + 1];
@@ -1772,7 +1773,8 @@ static int carry_forward(ls_store *s, ls_seg *g)
     ls_patch *patches = NULL;
     size_t npatch = 0;
     rangevec ranges = {0};
-    qsort(c.patches.v, c.patches.n, sizeof(uint64_t), cmp_u64);
+    if (c.patches.n > 1)
+        qsort(c.patches.v, c.patches.n, sizeof(uint64_t), cmp_u64);
     if (c.patches.n)
         patches = malloc(c.patches.n * sizeof *patches);
     if (c.patches.n && !patches)
