@@ -2124,6 +2124,13 @@ void ls_stats_get(ls_store *s, ls_stats *st)
     st->records_live = s->live;
     st->bytes_on_disk = s->bytes;
     st->segments = (uint32_t)s->nseg;
+    uint64_t mem = s->sums.cap * sizeof(ls_cref) + (uint64_t)s->all.nb * sizeof(ls_blk);
+    for (size_t i = 0; i < s->sums.n; i++)
+        if (s->sums.v[i].c)
+            mem += sizeof(ls_chunk) + (uint64_t)s->sums.v[i].c->meta_cap * sizeof(uint32_t);
+    for (uint32_t i = 0; i < s->nag; i++)
+        mem += sizeof(ls_ag) + (uint64_t)s->ags[i]->ix.nb * sizeof(ls_blk);
+    st->memory_bytes = mem;
     pthread_rwlock_unlock(&s->lk);
     pthread_mutex_lock(&s->pmu);
     st->pending_records = (uint64_t)s->fill_n + s->flight_n;
