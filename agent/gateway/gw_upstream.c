@@ -89,6 +89,7 @@ struct gw_upstream_call {
     gw_slot *slot;
     gw_timer fb;
     bool running, finished, head_sent, sent;
+    bool heard;              /* a response line arrived */
     int fail;
     int status;
 
@@ -757,6 +758,7 @@ static size_t on_header_line(char *buf, size_t size, size_t nitems, void *ud)
     size_t len = size * nitems;
     if (atomic_load_explicit(&c->cancel, memory_order_relaxed))
         return 0;
+    c->heard = true;
     if (c->head_sent)
         return len;   /* trailers */
     if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
@@ -933,7 +935,7 @@ static void begin(gw_loop *L, gw_upstream_call *c)
     }
 }
 
-static gw_up_err map_curl(CURLcode rc, bool sent)
+static gw_up_err map_curl(CURLcode rc, bool sent, bool heard)
 {
     switch (rc) {
     case CURLE_OK:
@@ -980,7 +982,10 @@ static gw_up_err map_curl(CURLcode rc, bool sent)
     case CURLE_ABORTED_BY_CALLBACK:
         return GW_UP_ABORTED;
     default:
-        return GW_UP_INTERNAL;
+        /* curl refuses some malformed heads with odd codes (a header line
+         * starting with a NUL byte gives CURLE_BAD_FUNCTION_ARGUMENT): once
+         * the upstream has answered, its answer is the likelier culprit. */
+        return heard ? GW_UP_PROTOCOL : GW_UP_INTERNAL;
     }
 }
 
@@ -1011,11 +1016,14 @@ static void complete(gw_loop *L, gw_upstream_call *c, CURLcode rc)
         finish(L, c, GW_UP_OK, "ok");
         return;
     }
-    gw_up_err e = map_curl(rc, c->sent);
+    gw_up_err e = map_curl(rc, c->sent, c->heard);
     const char *why = c->slot->errbuf[0] ? c->slot->errbuf : curl_easy_strerror(rc);
-    finish(L, c, e,
-           call_msg(L, c, "%s%s", why,
-                    e == GW_UP_CONNECT && rc == CURLE_OPERATION_TIMEDOUT ? " (while connecting)" : ""));
+    const char *ctx = "";
+    if (e == GW_UP_CONNECT && rc == CURLE_OPERATION_TIMEDOUT)
+        ctx = " (while connecting)";
+    else if (c->heard && !c->head_sent)
+        ctx = " (in the response head)";
+    finish(L, c, e, call_msg(L, c, "%s%s", why, ctx));
 }
 
 static void drain_messages(gw_loop *L)
