@@ -873,8 +873,14 @@ static int setup_easy(gw_loop *L, gw_upstream_call *c, CURL *e)
     SET(CURLOPT_TCP_NODELAY, 1L);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
-    SET(CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
+    /* The budget runs from gw_upstream_start; curl counts from now. */
+    long waited = (long)((pl_time_mono_ns() - c->start_ns) / 1000000u);
+    long total = c->timeout_ms, connect = c->connect_timeout_ms;
+    if (total)
+        total = total > waited ? total - waited : 1;
+    connect = connect > waited ? connect - waited : 1;
+    SET(CURLOPT_CONNECTTIMEOUT_MS, connect);
+    SET(CURLOPT_TIMEOUT_MS, total);
     SET(CURLOPT_HTTPHEADER, c->hdrs);
     SET(CURLOPT_HEADERFUNCTION, on_header_line);
     SET(CURLOPT_HEADERDATA, (void *)c);
@@ -1332,6 +1338,12 @@ void gw_upstream_free(gw_upstream *u)
 {
     if (!u)
         return;
+    if (tl_loop && tl_loop->u == u) {
+        /* It would join the thread it runs on. */
+        PL_LOG_ERROR("upstream.free_from_callback", "error",
+                     "gw_upstream_free called from a gw_upstream callback");
+        abort();
+    }
     atomic_store_explicit(&u->shutting_down, true, memory_order_release);
     for (int i = 0; u->loops && i < u->n_loops; i++) {
         gw_loop *L = &u->loops[i];
