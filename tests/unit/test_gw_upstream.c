@@ -876,14 +876,16 @@ Test(gw_upstream, chunks_arrive_while_the_server_is_still_sending)
     cr_assert_eq(get(u, url(s, path), &r), GW_UP_OK, "%s", r.msg);
     cr_assert_str_eq(r.body, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n");
     cr_assert_str_eq(r.ctype, "text/event-stream");
-    cr_assert_eq(r.n_data, n, "one piece per chunk, passed on unbuffered");
+    /* Pieces are passed on as they come: one per chunk, unless a stalled
+     * loop (a loaded machine) finds two in the socket at once. */
+    cr_assert_geq(r.n_data, n - 1, "%d pieces for %d chunks: buffered?", r.n_data, n);
     uint64_t last = atomic_load(&s->last_chunk_ms);
     /* The first event came long before the server sent its last one. */
     cr_assert_lt(r.t_first_data + (uint64_t)(gap * (n - 2)), last,
                  "first data at %llu, server finished at %llu",
                  (unsigned long long)r.t_first_data, (unsigned long long)last);
-    for (int i = 1; i < n; i++)
-        cr_assert_geq(r.t_data[i] - r.t_data[i - 1], (uint64_t)gap / 2, "piece %d came early", i);
+    cr_assert_geq(r.t_data[r.n_data - 1] - r.t_first_data, (uint64_t)(gap * (n - 2)),
+                  "the pieces came together, not as sent");
     cr_assert_leq(r.t_head, r.t_first_data);
     rec_fini(&r);
     gw_upstream_free(u);
