@@ -69,6 +69,14 @@ static void buf_free(buf *b)
     memset(b, 0, sizeof *b);
 }
 
+/* Copies src into dst (n bytes), cut to fit. */
+static void scopy(char *dst, size_t n, const char *src)
+{
+    size_t l = strnlen(src ? src : "", n - 1);
+    memcpy(dst, src ? src : "", l);
+    dst[l] = '\0';
+}
+
 typedef struct attempt_ctx {
     struct gw_exec *e;
     uint64_t gen;
@@ -955,7 +963,7 @@ static void cache_meta(gw_exec *e, gw_cache_meta *m)
     m->tokens_out = e->usage.tokens_out;
     m->cost = cost_of(e, e->usage.tokens_in, e->usage.tokens_out);
     snprintf(m->provider, sizeof m->provider, "%s", e->provider);
-    snprintf(m->model, sizeof m->model, "%s", e->model);
+    scopy(m->model, sizeof m->model, e->model);
     m->step = e->step;
 }
 
@@ -1321,14 +1329,14 @@ static void compute_key(gw_exec *e, const char *auth)
 
 /* The Authorization value sent upstream: the step's own, else the
  * provider's configured key. */
-static const char *upstream_auth(const gw_exec *e, char *buf, size_t len)
+static const char *upstream_auth(const gw_exec *e, char *out, size_t len)
 {
     const char *a = step_header(&e->steps[e->step], "authorization");
     if (a)
         return a;
     if (e->up_cfg && e->up_cfg->api_key) {
-        snprintf(buf, len, "Bearer %s", e->up_cfg->api_key);
-        return buf;
+        snprintf(out, len, "Bearer %s", e->up_cfg->api_key);
+        return out;
     }
     return NULL;
 }
@@ -1644,8 +1652,9 @@ static bool check_limits(gw_exec *e)
         for (size_t i = 0; i < np && n < GW_LIMIT_MAX_RULES; i++) {
             gw_limit_rule *r = &rules[n];
             memset(r, 0, sizeof *r);
-            snprintf(r->key, sizeof r->key, "p/%s/%s/%.120s", e->account, e->gw.cfg->id,
-                     pr_rules[i].key);
+            char key[512];
+            snprintf(key, sizeof key, "p/%s/%s/%s", e->account, e->gw.cfg->id, pr_rules[i].key);
+            scopy(r->key, sizeof r->key, key);
             r->unit = pr_rules[i].unit == OP_LIMIT_TOKENS ? GW_LIMIT_TOKENS
                       : pr_rules[i].unit == OP_LIMIT_COST ? GW_LIMIT_COST
                                                           : GW_LIMIT_REQUESTS;
