@@ -1652,7 +1652,7 @@ static bool check_limits(gw_exec *e)
         for (size_t i = 0; i < np && n < GW_LIMIT_MAX_RULES; i++) {
             gw_limit_rule *r = &rules[n];
             memset(r, 0, sizeof *r);
-            char key[512];
+            char key[2048];
             snprintf(key, sizeof key, "p/%s/%s/%s", e->account, e->gw.cfg->id, pr_rules[i].key);
             scopy(r->key, sizeof r->key, key);
             r->unit = pr_rules[i].unit == OP_LIMIT_TOKENS ? GW_LIMIT_TOKENS
