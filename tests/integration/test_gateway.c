@@ -208,7 +208,7 @@ static void env_stop(env *e)
 
 static char *url(env *e, const char *path)
 {
-    static char buf[512];
+    static char buf[2048];
     snprintf(buf, sizeof buf, "%s%s", e->a.base_url, path);
     return buf;
 }
@@ -228,7 +228,7 @@ static char *step(const char *provider, const char *query)
 /* Waits until the logs API lists at least n records matching query. */
 static json_t *wait_logs(env *e, const char *gateway, const char *query, size_t n)
 {
-    char path[512];
+    char path[1024];
     snprintf(path, sizeof path, "/client/v4/accounts/local/ai-gateway/gateways/%s/logs?%s",
              gateway, query ? query : "");
     for (int i = 0; i < 200; i++) {
