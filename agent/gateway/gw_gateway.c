@@ -391,7 +391,8 @@ static void run_http(op_http_req *r, op_runtime *rt, gw_gateway_view *gwv, const
 typedef struct ws_session {
     pthread_mutex_t mu;
     _Atomic int refs;
-    op_ws *ws;                 /* NULL once closed */
+    op_ws *ws;                 /* known from the first message; NULL once closed */
+    bool closed;
     op_runtime *rt;
     char account[80];
     char gateway[80];
@@ -666,8 +667,11 @@ static void ws_create(ws_session *w, json_t *request)
 
 static void ws_on_message(op_ws *ws, int opcode, const uint8_t *data, size_t len, void *user)
 {
-    (void)ws;
     ws_session *w = user;
+    pthread_mutex_lock(&w->mu);
+    if (!w->closed)
+        w->ws = ws;
+    pthread_mutex_unlock(&w->mu);
     if (opcode != OP_WS_TEXT) {
         ws_send_error(w, NULL, GW_ERR_BAD_REQUEST, "messages must be JSON text");
         return;
@@ -704,6 +708,7 @@ static void ws_on_close(op_ws *ws, uint16_t code, void *user)
     size_t n = 0;
     pthread_mutex_lock(&w->mu);
     w->ws = NULL;
+    w->closed = true;
     for (int i = 0; i < GW_WS_MAX_IN_FLIGHT; i++)
         if (w->execs[i] && w->execs[i] != (gw_exec *)(uintptr_t)1 &&
             gw_exec_try_ref(w->execs[i]))
