@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "api/op_api.h"
+#include "gateway/gw_admin.h"
 #include "gateway/gw_exec.h"
 #include "gateway/gw_local.h"
 #include "gateway/gw_metrics.h"
@@ -21,6 +22,7 @@
 #include "http/op_ws.h"
 #include "platform/pl_hash.h"
 #include "platform/pl_log.h"
+#include "platform/pl_time.h"
 
 /* API error codes of the gateway (docs/gateway.md). */
 enum {
@@ -66,6 +68,19 @@ static bool model_known(const char *model)
     return known;
 }
 
+/* Every 10 s: reclaim expired cache entries and idle rate-limit counters
+ * (both also reclaim lazily; this keeps an idle node's memory down too). */
+static void sweep_tick(void *ctx, bool cancelled)
+{
+    (void)ctx;
+    if (cancelled)
+        return;
+    uint64_t now = pl_time_mono_ns();
+    gw_cache_sweep(g.cache, now);
+    gw_limiter_sweep(g.limiter, now);
+    gw_upstream_after(g.upstream, 10000, sweep_tick, NULL);
+}
+
 int gw_service_start(const op_config *cfg, char *err, size_t errlen)
 {
     const op_config_gateway_opts *o = &cfg->gateway;
@@ -98,22 +113,19 @@ int gw_service_start(const op_config *cfg, char *err, size_t errlen)
     }
     gw_metrics_set_model_filter(model_known);
     gw_service_configure(cfg);
+    gw_upstream_after(g.upstream, 10000, sweep_tick, NULL);
     return 0;
 }
 
 void gw_service_configure(const op_config *cfg)
 {
-    if (!g.logs)
-        return;
-    for (size_t i = 0; i < cfg->n_gateways; i++) {
-        const op_config_gateway *gw = &cfg->gateways[i];
-        ls_set_retention(g.logs, gw->account, gw->id, gw->retention_max_logs,
-                         gw->retention_max_age_s);
-    }
+    if (g.logs && g.registry)
+        gw_admin_apply_retention(g.registry, cfg, g.logs);
 }
 
 void gw_service_stop(void)
 {
+    gw_admin_stop(); /* log exports in progress end first */
     /* The upstream client first: it ends every call still running (their
      * requests answer and write their records), then the store. */
     if (g.upstream)
