@@ -50,7 +50,8 @@ gw_registry *gw_svc_registry(void);
 int gw_svc_in_flight(void);
 
 /* True if path (the whole request path) is a gateway route: /v1/{a}/{g}...
- * that is not one of the agent's own OpenAI-compatible routes. */
+ * with a configured account {a}, that is not one of the agent's own
+ * OpenAI-compatible routes. */
 bool gw_is_gateway_path(const char *path);
 /* Answers a gateway route (rt: the request's snapshot, borrowed). */
 void gw_handle(op_http_req *r, op_runtime *rt);
