@@ -1397,13 +1397,6 @@ static void start_attempt(gw_exec *e)
         q = c;
         json_object_set_new(q, "stream_options", json_pack("{s:b}", "include_usage", 1));
     }
-    if (e->collect && e->gw.cfg->log_payloads && !e->log_req) {
-        e->log_req = json_dumps(st->query, JSON_COMPACT | JSON_ENCODE_ANY);
-        e->log_req_len = e->log_req ? strlen(e->log_req) : 0;
-        e->log_req_full = e->log_req_len;
-        if (e->log_req_len > e->gw.cfg->max_payload_bytes)
-            e->log_req_len = e->gw.cfg->max_payload_bytes;
-    }
 
     if (!e->up_cfg) {
         /* A local model: start it with the lock released (it may answer at
@@ -1553,6 +1546,17 @@ static void start_step(gw_exec *e)
             }
             return;
         }
+    }
+
+    /* The record keeps the body of the step that answers (this one, until
+     * another is tried). */
+    if (e->collect && e->gw.cfg->log_payloads) {
+        free(e->log_req);
+        e->log_req = json_dumps(st->query, JSON_COMPACT | JSON_ENCODE_ANY);
+        e->log_req_len = e->log_req ? strlen(e->log_req) : 0;
+        e->log_req_full = e->log_req_len;
+        if (e->log_req_len > e->gw.cfg->max_payload_bytes)
+            e->log_req_len = e->gw.cfg->max_payload_bytes;
     }
 
     /* The cache. */
