@@ -52,6 +52,7 @@ gw_upstream *gw_svc_upstream(void) { return g.upstream; }
 ls_store *gw_svc_logs(void) { return g.logs; }
 gw_registry *gw_svc_registry(void) { return g.registry; }
 int gw_svc_in_flight(void) { return gw_exec_in_flight(); }
+void gw_svc_cancel_all(void) { gw_exec_cancel_all(); }
 
 /* Model names that may be metric label values: configured local models
  * (ids and aliases) and priced models. */
