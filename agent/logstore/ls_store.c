@@ -769,18 +769,26 @@ static void commit_group(ls_store *s, uint8_t *buf, size_t len, uint32_t n)
         return;
     }
 
+    /* Every record of the group is durable: apply them, in slices so that
+     * readers are not held off for a whole large group. */
     pthread_rwlock_wrlock(&s->lk);
     uint64_t live0 = s->live, last = 0;
+    uint32_t in_slice = 0;
     for (size_t off = 0; off < len;) {
         ls_frame f = {.type = buf[off + 12], .seq = ls_get64(buf + off + 16),
                       .payload = buf + off + LS_FRAME_HDR, .len = ls_get32(buf + off + 8)};
         apply_frame(s, g, g->size + off, &f);
         off += LS_FRAME_HDR + f.len;
         last = f.seq;
+        s->applied_seq = last; /* what retention may judge */
+        if (++in_slice == 1024 && off < len) {
+            pthread_rwlock_unlock(&s->lk);
+            pthread_rwlock_wrlock(&s->lk);
+            in_slice = 0;
+        }
     }
     g->size += len;
     g->last_seq = last;
-    s->applied_seq = last;
     s->bytes += len;
     double dlive = (double)s->live - (double)live0;
     pthread_rwlock_unlock(&s->lk);
@@ -795,7 +803,7 @@ static void commit_group(ls_store *s, uint8_t *buf, size_t len, uint32_t n)
     gauges_add(s, dlive, (double)len);
     op_histogram_observe(g_m_commit, (double)(t2 - t0) / 1e9);
     if (s->o.on_commit)
-        s->o.on_commit(s->o.on_commit_ctx, n, len, t1 - t0, t2 - t1);
+        s->o.on_commit(s->o.on_commit_ctx, last, n, len, t1 - t0, t2 - t1);
 }
 
 static void *committer_main(void *arg)

@@ -114,10 +114,11 @@ typedef struct ls_opts {
     uint32_t maintenance_interval_ms; /* 0 = 1000: retention and reclamation passes */
     bool fsync;                    /* true: fdatasync every group (ls_opts_init sets it) */
     /* Optional observer, called on the committer thread after each group is
-     * durable and visible: records and bytes in the group, nanoseconds spent
-     * in pwrite and in fdatasync. Must be quick and must not call the store. */
-    void (*on_commit)(void *ctx, uint32_t records, uint64_t bytes, uint64_t write_ns,
-                      uint64_t sync_ns);
+     * durable and visible: the group's last seq, its records and bytes,
+     * nanoseconds spent in pwrite and in fdatasync. Must be quick and must
+     * not call the store. */
+    void (*on_commit)(void *ctx, uint64_t last_seq, uint32_t records, uint64_t bytes,
+                      uint64_t write_ns, uint64_t sync_ns);
     void *on_commit_ctx;
 } ls_opts;
 

@@ -970,10 +970,13 @@ Test(logstore, export_ndjson_oldest_first)
 }
 
 static int commits_seen;
-static void on_commit(void *ctx, uint32_t records, uint64_t bytes, uint64_t write_ns,
-                      uint64_t sync_ns)
+static uint64_t last_seen;
+static void on_commit(void *ctx, uint64_t last_seq, uint32_t records, uint64_t bytes,
+                      uint64_t write_ns, uint64_t sync_ns)
 {
     (void)ctx;
+    cr_assert_gt(last_seq, last_seen);
+    last_seen = last_seq;
     (void)write_ns;
     (void)sync_ns;
     cr_assert_gt(records, 0);
@@ -1002,6 +1005,7 @@ Test(logstore, stats_and_metrics)
     cr_assert_eq(st.pending_records, 0);
     cr_assert_geq(st.commits, 1);
     cr_assert_eq((int)st.commits, commits_seen);
+    cr_assert_eq(last_seen, 50);
     cr_assert_gt(st.last_commit_ns, 0);
     cr_assert_gt(st.bytes_on_disk, 50 * 200);
     char segs[4][512];
