@@ -231,17 +231,20 @@ int ls_wait(ls_store *s, uint64_t seq, int timeout_ms);
 /*
  * Sets feedback (-1, 0, 1) and, if score is not NULL, the score of a record,
  * through a durable patch record: returns once the change is durable and
- * visible. account/gateway NULL = any. Returns 0, -ENOENT, -EINVAL, or an
+ * visible. account/gateway NULL = any. Only a visible record can be patched
+ * (one still pending is -ENOENT). Returns 0, -ENOENT, -EINVAL, or an
  * append/wait error.
  */
 int ls_feedback(ls_store *s, const char *account, const char *gateway, const char *id,
                 int feedback, const double *score);
 
 /*
- * Deletes every record matching f through durable tombstones: they are
- * never served again, also after reopen; disk space comes back when whole
- * segments are dead (maintenance). *n_deleted (may be NULL) receives how
- * many were deleted. Returns 0 or an append/wait error.
+ * Deletes every visible record matching f (NULL = all) through durable
+ * tombstones: they are never served again, also after reopen; disk space
+ * comes back when whole segments are dead (maintenance). Records still
+ * pending when the call starts are not affected. *n_deleted (may be NULL)
+ * receives how many were deleted. Returns 0, -EINVAL, or an append/wait
+ * error (then some may be deleted already).
  */
 int ls_delete(ls_store *s, const ls_filter *f, uint64_t *n_deleted);
 
@@ -284,8 +287,9 @@ int ls_get(ls_store *s, const char *account, const char *gateway, const char *id
  * none that existed when the first page was read is skipped. limit 0 = 50,
  * capped at LS_LIST_MAX. next_cursor receives "" when no more records match.
  * total_matching (may be NULL) receives the number of all matching records
- * (this scans the whole range: cost grows with it). Returns 0, -EINVAL (bad
- * cursor or filter), -EIO, -ENOMEM.
+ * (this scans the whole range: cost grows with it). A record that cannot
+ * be read back or fails its check is left out of the page (and logged).
+ * Returns 0, -EINVAL (bad cursor or filter) or -ENOMEM.
  */
 int ls_list(ls_store *s, const ls_filter *f, const char *cursor, size_t limit, bool ascending,
             json_t **items, char next_cursor[LS_CURSOR_LEN], size_t *total_matching);
