@@ -21,9 +21,10 @@
  * Durability: "acknowledged" = visible = durable
  *   ls_append() only copies the record into an in-memory pending buffer and
  *   returns its seq; it does no I/O on the caller's thread. One committer
- *   thread takes all pending records as one group, writes them with one
- *   pwrite() at the end of the active segment and calls fdatasync() on it
- *   (group commit). It commits a group as soon as either
+ *   thread takes all pending records as one group, writes them at the end
+ *   of the active segment (pwrite; a group over 4 MiB in slices, each handed
+ *   to writeback with sync_file_range as it goes) and calls fdatasync() on
+ *   it (group commit). It commits a group as soon as either
  *     - the oldest pending record has waited commit_interval_us (default
  *       2000 us), or
  *     - commit_max_records are pending (default 4096),
@@ -48,11 +49,13 @@
  * Backpressure
  *   Pending bytes (not yet durable, being written included) never exceed
  *   max_pending_bytes: past it ls_append returns -EAGAIN at once (the record
- *   is not stored; counted as dropped, reason "backpressure").
+ *   is not stored; counted as dropped, reason "backpressure"). Control
+ *   records (feedback, deletes, retention) may use a quarter more, so that
+ *   a flood of logs cannot block them.
  *
  * Recovery (ls_open)
  *   Every byte on disk is untrusted. Each record's magic, length, sequence
- *   (strictly increasing within a segment) and CRC32C (seeded with the
+ *   (strictly increasing across the store) and CRC32C (seeded with the
  *   segment's random salt) are checked. A bad record in the middle of a
  *   segment is skipped (counted in corrupt_skipped, never served) and the
  *   scan resyncs at the next valid record; a bad tail of the last segment
