@@ -5,15 +5,19 @@
  * nodes that keep their 1-based positions; it enforces the structural limits
  * (size, depth, one document, no anchors/aliases/tags) and flags duplicate
  * mapping keys. The second walks the tree against a table per section and
- * fills the op_config structs, collecting every error it meets. Cross-entry
- * checks (duplicate ids, duplicate token hashes) run last. Errors are sorted
- * by position before they are handed back, so they read in file order.
+ * fills the op_config structs, collecting every error it meets (a provider's
+ * api_key_env variable is read once its whole mapping is walked). Cross-entry
+ * checks (duplicate ids, duplicate token hashes, gateway accounts) run last.
+ * Errors are sorted by position before they are handed back, so they read in
+ * file order.
  */
 #include "config/op_config.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <locale.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +33,7 @@
 #define MIB ((size_t)1 << 20)
 #define MAX_SIZE_BYTES ((uint64_t)1 << 40) /* 1 TiB: any size key */
 #define PATH_BUF 256
-#define MAX_FIELDS 16 /* keys of the largest section */
+#define MAX_FIELDS 20 /* keys of the largest section */
 
 /* ======================================================================== */
 /* Diagnostics                                                              */
@@ -48,6 +52,10 @@ typedef struct ctx {
     size_t nd, cap;
     size_t dropped;
     bool oom;
+    /* While a gateway provider is walked: its name, when it has a valid one,
+     * for messages about its secrets (which name the provider, never the
+     * value). NULL otherwise. */
+    const char *provider;
 } ctx;
 
 static void diag_add(ctx *c, int line, int col, const char *fmt, ...)
@@ -617,6 +625,76 @@ static numres parse_size(const char *s, size_t len, uint64_t *out)
     return NUM_SYNTAX;
 }
 
+/* Digits with '_' only between two of them, copied to *o without the '_'.
+ * Returns how many digits there were, or -1 on a misplaced '_'. */
+static int float_digits(const char **sp, const char *end, char **o, const char *oend)
+{
+    const char *s = *sp;
+    int n = 0;
+    while (s < end && (isdigit((unsigned char)*s) || *s == '_')) {
+        if (*s == '_') {
+            if (n == 0 || s + 1 >= end || !isdigit((unsigned char)s[1]))
+                return -1;
+        } else {
+            if (*o >= oend)
+                return -1;
+            *(*o)++ = *s;
+            n++;
+        }
+        s++;
+    }
+    *sp = s;
+    return n;
+}
+
+/* A decimal number, YAML 1.2 core schema style: [-+]?(.D+|D+(.D*)?)([eE][-+]?D+)?
+ * with '_' between digits as for integers. No .inf, .nan or hex: a price
+ * or a limit is always a plain decimal. Converted in the C locale whatever
+ * locale the process runs in. NUM_RANGE: not finite (1e999). */
+static numres parse_float(const char *s, size_t len, double *out)
+{
+    char buf[80], *o = buf, *oend = buf + sizeof buf - 1;
+    const char *end = s + len;
+    if (len == 0 || len >= sizeof buf)
+        return NUM_SYNTAX;
+    if (*s == '+' || *s == '-')
+        *o++ = *s++;
+    int ni = float_digits(&s, end, &o, oend), nf = 0;
+    if (ni < 0)
+        return NUM_SYNTAX;
+    if (s < end && *s == '.') {
+        *o++ = *s++;
+        if ((nf = float_digits(&s, end, &o, oend)) < 0)
+            return NUM_SYNTAX;
+    }
+    if (ni + nf == 0)
+        return NUM_SYNTAX;
+    if (s < end && (*s == 'e' || *s == 'E')) {
+        *o++ = *s++;
+        if (s < end && (*s == '+' || *s == '-'))
+            *o++ = *s++;
+        int ne = float_digits(&s, end, &o, oend);
+        if (ne <= 0)
+            return NUM_SYNTAX;
+    }
+    if (s != end)
+        return NUM_SYNTAX;
+    *o = '\0';
+    /* newlocale fails only without memory: the process locale then serves,
+     * which is "C" unless something called setlocale. */
+    locale_t cl = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+    char *stop = NULL;
+    double v = cl != (locale_t)0 ? strtod_l(buf, &stop, cl) : strtod(buf, &stop);
+    if (cl != (locale_t)0)
+        freelocale(cl);
+    if (*stop != '\0')
+        return NUM_SYNTAX;
+    if (!isfinite(v))
+        return NUM_RANGE;
+    *out = v == 0 ? 0.0 : v; /* -0 is 0 */
+    return NUM_OK;
+}
+
 /* ======================================================================== */
 /* Paths                                                                    */
 /* ======================================================================== */
@@ -875,6 +953,53 @@ static void f_size(ctx *c, const node *v, void *obj, const field *f, const char 
         return;
     }
     *MEMBER(obj, f, size_t) = (size_t)x;
+}
+
+static void f_i64(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    int64_t x;
+    if (get_int(c, v, f, path, &x))
+        *MEMBER(obj, f, int64_t) = x;
+}
+
+/* true/false in YAML's three spellings each; quoted is read the same way,
+ * as quoted numbers are. */
+static void f_bool(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    static const char *const yes[] = {"true", "True", "TRUE"}, *const no[] = {"false", "False",
+                                                                            "FALSE"};
+    if (v->kind == N_SCALAR) {
+        for (size_t i = 0; i < 3; i++) {
+            if (strcmp(v->s, yes[i]) == 0 || strcmp(v->s, no[i]) == 0) {
+                *MEMBER(obj, f, bool) = v->s[0] == 't' || v->s[0] == 'T';
+                return;
+            }
+        }
+    }
+    type_error(c, v, "true or false", path);
+}
+
+/* A decimal number >= lo and, when hi > lo, <= hi (hi <= lo: no upper bound). */
+static void f_double(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    double x = 0;
+    numres r = v->kind == N_SCALAR ? parse_float(v->s, v->len, &x) : NUM_SYNTAX;
+    if (r == NUM_SYNTAX) {
+        type_error(c, v, "a number", path);
+        return;
+    }
+    char tmp[80];
+    if (f->hi > f->lo && (r == NUM_RANGE || x < (double)f->lo || x > (double)f->hi)) {
+        diag_add(c, v->line, v->col, "%s must be between %lld and %lld, got %s", path,
+                 (long long)f->lo, (long long)f->hi, show(tmp, sizeof tmp, v->s, v->len));
+        return;
+    }
+    if (r == NUM_RANGE || x < (double)f->lo) {
+        diag_add(c, v->line, v->col, "%s must be a finite number of at least %lld, got %s", path,
+                 (long long)f->lo, show(tmp, sizeof tmp, v->s, v->len));
+        return;
+    }
+    *MEMBER(obj, f, double) = x;
 }
 
 static void set_str(char **slot, char *s)
@@ -1201,10 +1326,24 @@ static void f_aliases(ctx *c, const node *v, void *obj, const field *f, const ch
     m->n_aliases = k;
 }
 
-static void f_options(ctx *c, const node *v, void *obj, const field *f, const char *path)
+/* Checks one entry of a kv mapping before it is kept; false drops it (after
+ * reporting why). key and val are scalars without NULs. */
+typedef bool (*kv_check)(ctx *c, const node *key, const node *val, const char *key_path);
+
+static void free_kv(op_config_kv *kv, size_t n)
 {
-    (void)f;
-    op_config_model *m = obj;
+    for (size_t i = 0; i < n; i++) {
+        free(kv[i].key);
+        free(kv[i].value);
+    }
+    free(kv);
+}
+
+/* A mapping of scalar -> scalar into *out (replacing what was there), both
+ * as written. secret: a value is never echoed, not even in a type error. */
+static void get_kv(ctx *c, const node *v, const char *path, kv_check check, bool secret,
+                   op_config_kv **out, size_t *out_n)
+{
     if (v->kind != N_MAP) {
         type_error(c, v, "a mapping", path);
         return;
@@ -1234,20 +1373,278 @@ static void f_options(ctx *c, const node *v, void *obj, const field *f, const ch
             type_error(c, val, "a scalar", kp);
             continue;
         }
+        if (secret && memchr(val->s, '\0', val->len)) {
+            diag_add(c, val->line, val->col, "%s contains a NUL character (value not shown)", kp);
+            continue;
+        }
         const char *vs = scalar_text(c, val, kp);
-        if (!vs)
+        if (!vs || (check && !check(c, key, val, kp)))
             continue;
         kv[k].key = xstrdup(c, ks);
         kv[k].value = xstrdup(c, vs);
         k++;
     }
-    for (size_t i = 0; i < m->n_options; i++) {
-        free(m->options[i].key);
-        free(m->options[i].value);
+    free_kv(*out, *out_n);
+    *out = kv;
+    *out_n = k;
+}
+
+static void f_options(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    op_config_model *m = obj;
+    get_kv(c, v, path, NULL, false, &m->options, &m->n_options);
+}
+
+/* ---- gateways ---------------------------------------------------------- */
+
+static const char *const provider_kind_names[] = {"openai", "workers-ai", NULL};
+static const char *const backoff_names[] = {"constant", "linear", "exponential", NULL};
+static const char *const technique_names[] = {"fixed", "sliding", NULL};
+_Static_assert(OP_PROVIDER_OPENAI == 0 && OP_PROVIDER_WORKERS_AI == 1,
+               "provider_kind_names follows op_provider_kind");
+_Static_assert(OP_BACKOFF_CONSTANT == 0 && OP_BACKOFF_LINEAR == 1 && OP_BACKOFF_EXPONENTIAL == 2,
+               "backoff_names follows op_backoff");
+/* Names that steps use for the agent's own models: a provider may not take them. */
+static const char *const reserved_provider_names[] = {"local", "workers-ai", NULL};
+
+#define LOWER_ID_RULE "1 to 64 characters of a-z 0-9 _ -"
+#define MAX_API_KEY 4096
+
+/* The parenthesis that closes a message about a provider's secrets:
+ * " (provider 'NAME'; NOTE)", " (provider 'NAME')", " (NOTE)" or "". */
+static const char *provider_note(ctx *c, char *buf, size_t sz, const char *note)
+{
+    if (c->provider && note)
+        snprintf(buf, sz, " (provider '%s'; %s)", c->provider, note);
+    else if (c->provider)
+        snprintf(buf, sz, " (provider '%s')", c->provider);
+    else if (note)
+        snprintf(buf, sz, " (%s)", note);
+    else
+        buf[0] = '\0';
+    return buf;
+}
+
+static void f_gw_account(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    char *s = get_ident(c, v, path, 64, ACCOUNT_ID_RULE, account_id_ok);
+    if (s)
+        set_str(&((op_config_gateway *)obj)->account, s);
+}
+
+static void f_gw_id(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    char *s = get_ident(c, v, path, 64, LOWER_ID_RULE, plugin_name_ok);
+    if (s)
+        set_str(&((op_config_gateway *)obj)->id, s);
+}
+
+static void f_backoff(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    int i = get_enum(c, v, path, backoff_names);
+    if (i >= 0)
+        ((op_config_gateway *)obj)->backoff = (op_backoff)i; /* names follow op_backoff */
+}
+
+static void f_technique(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    int i = get_enum(c, v, path, technique_names);
+    if (i >= 0)
+        ((op_config_gateway *)obj)->rate_limit_sliding = i == 1;
+}
+
+static void f_provider_name(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    char *s = get_ident(c, v, path, 64, LOWER_ID_RULE, plugin_name_ok);
+    if (!s)
+        return;
+    for (size_t i = 0; reserved_provider_names[i]; i++) {
+        if (strcmp(s, reserved_provider_names[i]) == 0) {
+            diag_add(c, v->line, v->col,
+                     "%s '%s' is reserved for the agent's own models (local, workers-ai): "
+                     "choose another name",
+                     path, s);
+            free(s);
+            return;
+        }
     }
-    free(m->options);
-    m->options = kv;
-    m->n_options = k;
+    set_str(&((op_config_provider *)obj)->name, s);
+}
+
+static void f_provider_kind(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    int i = get_enum(c, v, path, provider_kind_names);
+    if (i >= 0)
+        ((op_config_provider *)obj)->kind = (op_provider_kind)i; /* names follow the enum */
+}
+
+/* "http(s)://HOST[:PORT][/PATH]": the agent appends API paths to it, so no
+ * query, no fragment and no trailing '/' (one is stripped). Bytes outside
+ * printable ASCII could not go into a request line. A URL with user:pass@
+ * is refused without being shown: it holds a secret. */
+static void f_base_url(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    const char *s = scalar_text(c, v, path);
+    if (!s)
+        return;
+    char tmp[80], got[100];
+    size_t n = strlen(s);
+    const char *rest = strncmp(s, "https://", 8) == 0  ? s + 8
+                       : strncmp(s, "http://", 7) == 0 ? s + 7
+                                                       : NULL;
+    const char *host_end = rest ? rest + strcspn(rest, "/") : NULL;
+    if (rest && memchr(rest, '@', (size_t)(host_end - rest))) {
+        diag_add(c, v->line, v->col,
+                 "%s must not hold credentials (user:password@): use api_key or headers "
+                 "(value not shown)",
+                 path);
+        return;
+    }
+    /* An '@' elsewhere may still be a mistyped credential: do not echo it. */
+    if (memchr(s, '@', n))
+        snprintf(got, sizeof got, "got a value with '@' (not shown)");
+    else
+        snprintf(got, sizeof got, "got '%s'", show(tmp, sizeof tmp, v->s, v->len));
+    if (!rest) {
+        diag_add(c, v->line, v->col, "%s must start with http:// or https://, %s", path, got);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= 0x20 || ch >= 0x7f) {
+            diag_add(c, v->line, v->col, "%s must be printable ASCII without spaces, %s", path,
+                     got);
+            return;
+        }
+    }
+    if (host_end == rest) {
+        diag_add(c, v->line, v->col, "%s has no host, %s", path, got);
+        return;
+    }
+    if (strpbrk(s, "?#")) {
+        diag_add(c, v->line, v->col,
+                 "%s must not have a query or fragment (API paths are appended to it), %s", path,
+                 got);
+        return;
+    }
+    if (s[n - 1] == '/')
+        n--;
+    if (s[n - 1] == '/') {
+        diag_add(c, v->line, v->col, "%s must not end with '//', %s", path, got);
+        return;
+    }
+    set_str(&((op_config_provider *)obj)->base_url, xstrndup(c, s, n));
+}
+
+/* A key goes into an Authorization header: visible ASCII only, so that no
+ * value can split the header. The value is never shown. */
+static bool api_key_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > MAX_API_KEY)
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    return true;
+}
+
+static void f_api_key(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    char lb[96];
+    if (v->kind != N_SCALAR) {
+        diag_add(c, v->line, v->col, "expected a string for %s, got %s%s", path,
+                 v->kind == N_MAP ? "a mapping" : "a sequence",
+                 provider_note(c, lb, sizeof lb, NULL));
+        return;
+    }
+    if (memchr(v->s, '\0', v->len) || !api_key_ok(v->s)) {
+        diag_add(c, v->line, v->col,
+                 "%s must be 1 to %d visible ASCII characters without spaces%s", path,
+                 MAX_API_KEY, provider_note(c, lb, sizeof lb, "value not shown"));
+        return;
+    }
+    set_str(&((op_config_provider *)obj)->api_key, xstrdup(c, v->s));
+}
+
+static bool env_name_ok(const char *s)
+{
+    if (!(isalpha((unsigned char)*s) || *s == '_'))
+        return false;
+    return id_chars(s, "_", false);
+}
+
+/* Only the variable's name here; it is read once the whole provider is
+ * known (provider_finish), so its messages can name the provider. */
+static void f_api_key_env(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    char *s = get_ident(c, v, path, 128,
+                        "an environment variable name (A-Z a-z 0-9 _, not starting with a digit)",
+                        env_name_ok);
+    if (s)
+        set_str(&((op_config_provider *)obj)->api_key_env, s);
+}
+
+/* RFC 9110 token characters. */
+static bool header_name_ok(const char *s)
+{
+    return id_chars(s, "!#$%&'*+-.^_`|~", false);
+}
+
+/* Names the HTTP client owns: a configured one would break the framing or
+ * the routing of the request. */
+static const char *const owned_headers[] = {"host", "content-length", "transfer-encoding",
+                                            "connection", NULL};
+
+static bool header_check(ctx *c, const node *key, const node *val, const char *path)
+{
+    char lb[96];
+    if (!*key->s || key->len > 128 || !header_name_ok(key->s)) {
+        diag_add(c, key->line, key->col,
+                 "%s: not an HTTP header name (1 to 128 of A-Z a-z 0-9 !#$%%&'*+-.^_`|~)", path);
+        return false;
+    }
+    for (size_t i = 0; owned_headers[i]; i++) {
+        if (strcasecmp(key->s, owned_headers[i]) == 0) {
+            diag_add(c, key->line, key->col,
+                     "%s: the agent sets this header itself; it cannot be configured", path);
+            return false;
+        }
+    }
+    for (size_t i = 0; i < val->len; i++) {
+        unsigned char ch = (unsigned char)val->s[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            diag_add(c, val->line, val->col, "%s must not contain control characters%s", path,
+                     provider_note(c, lb, sizeof lb, "value not shown"));
+            return false;
+        }
+    }
+    return true;
+}
+
+static void f_price_model(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    char *s = get_ident(c, v, path, 128, MODEL_ID_RULE, model_id_ok);
+    if (s)
+        set_str(&((op_config_price *)obj)->model, s);
+}
+
+static void f_headers(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    op_config_provider *p = obj;
+    get_kv(c, v, path, header_check, true, &p->headers, &p->n_headers);
 }
 
 /* ---- sections ---------------------------------------------------------- */
@@ -1332,6 +1729,77 @@ static const field model_fields[] = {
 
 static void f_accounts(ctx *c, const node *v, void *obj, const field *f, const char *path);
 static void f_models(ctx *c, const node *v, void *obj, const field *f, const char *path);
+static void f_gw_tokens(ctx *c, const node *v, void *obj, const field *f, const char *path);
+static void f_providers(ctx *c, const node *v, void *obj, const field *f, const char *path);
+static void f_gateways(ctx *c, const node *v, void *obj, const field *f, const char *path);
+static void f_prices(ctx *c, const node *v, void *obj, const field *f, const char *path);
+static void f_gateway_opts(ctx *c, const node *v, void *obj, const field *f, const char *path);
+
+static const field provider_fields[] = {
+    FC("name", f_provider_name, true),
+    FC("kind", f_provider_kind, false),
+    FC("base_url", f_base_url, true),
+    FC("api_key", f_api_key, false),
+    FC("api_key_env", f_api_key_env, false),
+    FC("headers", f_headers, false),
+    F("timeout_ms", f_int, false, op_config_provider, timeout_ms, 1, 3600000),
+    F("connect_timeout_ms", f_int, false, op_config_provider, connect_timeout_ms, 1, 3600000),
+    END,
+};
+
+/* max_age_s: 100 years, so that it still fits int64 nanoseconds. */
+static const field retention_fields[] = {
+    F("max_logs", f_u64, false, op_config_gateway, retention_max_logs, 0, 1000000000000LL),
+    F("max_age_s", f_i64, false, op_config_gateway, retention_max_age_s, 0, 3153600000LL),
+    END,
+};
+
+/* limit: hi 0 = no upper bound (see f_double). */
+static const field rate_limit_fields[] = {
+    F("limit", f_double, false, op_config_gateway, rate_limit, 0, 0),
+    F("window_s", f_double, false, op_config_gateway, rate_limit_window_s, 1, 86400),
+    FC("technique", f_technique, false),
+    END,
+};
+
+/* retention and rate_limit fill members of op_config_gateway itself: off 0 */
+static const field gateway_fields[] = {
+    FC("account", f_gw_account, true),
+    FC("id", f_gw_id, true),
+    F("authentication", f_bool, false, op_config_gateway, authentication, 0, 0),
+    FC("tokens", f_gw_tokens, false),
+    F("collect_logs", f_bool, false, op_config_gateway, collect_logs, 0, 0),
+    F("log_payloads", f_bool, false, op_config_gateway, log_payloads, 0, 0),
+    F("max_payload_bytes", f_size, false, op_config_gateway, max_payload_bytes, 0, 16 * MIB),
+    {.key = "retention", .fn = f_section, .sub = retention_fields},
+    F("cache_ttl_s", f_int, false, op_config_gateway, cache_ttl_s, 0, 31536000),
+    F("request_timeout_ms", f_int, false, op_config_gateway, request_timeout_ms, 0, 3600000),
+    F("max_attempts", f_int, false, op_config_gateway, max_attempts, 1, 5),
+    F("retry_delay_ms", f_int, false, op_config_gateway, retry_delay_ms, 0, 5000),
+    FC("backoff", f_backoff, false),
+    {.key = "rate_limit", .fn = f_section, .sub = rate_limit_fields},
+    F("sync_logs", f_bool, false, op_config_gateway, sync_logs, 0, 0),
+    FC("providers", f_providers, false),
+    END,
+};
+
+static const field price_fields[] = {
+    FC("model", f_price_model, true),
+    F("input", f_double, false, op_config_price, input_per_mtok, 0, 0),
+    F("output", f_double, false, op_config_price, output_per_mtok, 0, 0),
+    END,
+};
+
+static const field gateway_opts_fields[] = {
+    F("cache_bytes", f_size, false, op_config_gateway_opts, cache_bytes, 0, MAX_SIZE_BYTES),
+    F("upstream_threads", f_int, false, op_config_gateway_opts, upstream_threads, 1, 16),
+    F("log_commit_interval_us", f_int, false, op_config_gateway_opts, log_commit_interval_us,
+      100, 1000000),
+    F("log_fsync", f_bool, false, op_config_gateway_opts, log_fsync, 0, 0),
+    F("log_segment_bytes", f_size, false, op_config_gateway_opts, log_segment_bytes, MIB,
+      1024 * MIB),
+    END,
+};
 
 static const field top_fields[] = {
     {.key = "server", .fn = f_server, .required = true, .sub = server_fields},
@@ -1343,6 +1811,9 @@ static const field top_fields[] = {
     FC("accounts", f_accounts, false),
     FC("models", f_models, false),
     FS("policy", false, op_config, policy, policy_fields),
+    {.key = "gateway", .fn = f_gateway_opts, .sub = gateway_opts_fields},
+    FC("gateways", f_gateways, false),
+    FC("prices", f_prices, false),
     END,
 };
 
@@ -1354,6 +1825,12 @@ TABLE_FITS(account_fields);
 TABLE_FITS(token_fields);
 TABLE_FITS(model_fields);
 TABLE_FITS(top_fields);
+TABLE_FITS(provider_fields);
+TABLE_FITS(retention_fields);
+TABLE_FITS(rate_limit_fields);
+TABLE_FITS(gateway_fields);
+TABLE_FITS(price_fields);
+TABLE_FITS(gateway_opts_fields);
 
 static void f_server(ctx *c, const node *v, void *obj, const field *f, const char *path)
 {
@@ -1362,10 +1839,25 @@ static void f_server(ctx *c, const node *v, void *obj, const field *f, const cha
     walk_mapping(c, v, path, f->sub, s);
 }
 
+static void f_gateway_opts(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    op_config_gateway_opts *g = &((op_config *)obj)->gateway;
+    if (v->kind == N_SEQ) { /* the likely slip: one 's' short of the list */
+        diag_add(c, v->line, v->col,
+                 "expected a mapping for %s, got a sequence (the list of gateways is "
+                 "'gateways')",
+                 path);
+        return;
+    }
+    g->pos = (op_config_pos){v->line, v->col};
+    walk_mapping(c, v, path, f->sub, g);
+}
+
 /* Walks a sequence of mappings into an array of elem_size structs; each
- * item gets its pos set and is filled by walk_mapping with fields. */
+ * item gets its pos set, its defaults from init (if not NULL) and is then
+ * filled by walk_mapping with fields. */
 static void *walk_items(ctx *c, const node *v, const char *path, const field *fields,
-                        size_t elem_size, size_t pos_off, size_t *out_n)
+                        size_t elem_size, size_t pos_off, void (*init)(void *), size_t *out_n)
 {
     *out_n = 0;
     if (!seq_items(c, v, path, "a sequence of mappings"))
@@ -1381,6 +1873,8 @@ static void *walk_items(ctx *c, const node *v, const char *path, const field *fi
         snprintf(ip, sizeof ip, "%s[%zu]", path, i);
         void *obj = arr + i * elem_size;
         *(op_config_pos *)((char *)obj + pos_off) = (op_config_pos){it->line, it->col};
+        if (init)
+            init(obj);
         if (it->poison)
             continue;
         if (it->kind != N_MAP) {
@@ -1419,27 +1913,69 @@ static void free_models(op_config_model *m, size_t n)
         free(m[i].path);
         free(m[i].description);
         free_strv(m[i].aliases, m[i].n_aliases);
-        for (size_t j = 0; j < m[i].n_options; j++) {
-            free(m[i].options[j].key);
-            free(m[i].options[j].value);
-        }
-        free(m[i].options);
+        free_kv(m[i].options, m[i].n_options);
     }
     free(m);
+}
+
+static void free_providers(op_config_provider *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(p[i].name);
+        free(p[i].base_url);
+        if (p[i].api_key) /* a secret: not left behind in freed memory */
+            explicit_bzero(p[i].api_key, strlen(p[i].api_key));
+        free(p[i].api_key);
+        free(p[i].api_key_env);
+        free_kv(p[i].headers, p[i].n_headers);
+    }
+    free(p);
+}
+
+static void free_gateways(op_config_gateway *g, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(g[i].account);
+        free(g[i].id);
+        free_tokens(g[i].tokens, g[i].n_tokens);
+        free_providers(g[i].providers, g[i].n_providers);
+    }
+    free(g);
+}
+
+static void free_prices(op_config_price *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(p[i].model);
+    free(p);
+}
+
+/* Account and gateway tokens: the same shape, the same checks. */
+static void get_tokens(ctx *c, const node *v, const char *path, op_config_token **out,
+                       size_t *out_n)
+{
+    size_t n;
+    op_config_token *t = walk_items(c, v, path, token_fields, sizeof *t,
+                                    offsetof(op_config_token, pos), NULL, &n);
+    if (!t)
+        return;
+    free_tokens(*out, *out_n);
+    *out = t;
+    *out_n = n;
 }
 
 static void f_tokens(ctx *c, const node *v, void *obj, const field *f, const char *path)
 {
     (void)f;
     op_config_account *a = obj;
-    size_t n;
-    op_config_token *t = walk_items(c, v, path, token_fields, sizeof *t,
-                                    offsetof(op_config_token, pos), &n);
-    if (!t)
-        return;
-    free_tokens(a->tokens, a->n_tokens);
-    a->tokens = t;
-    a->n_tokens = n;
+    get_tokens(c, v, path, &a->tokens, &a->n_tokens);
+}
+
+static void f_gw_tokens(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    op_config_gateway *g = obj;
+    get_tokens(c, v, path, &g->tokens, &g->n_tokens);
 }
 
 static void f_accounts(ctx *c, const node *v, void *obj, const field *f, const char *path)
@@ -1448,7 +1984,7 @@ static void f_accounts(ctx *c, const node *v, void *obj, const field *f, const c
     op_config *cfg = obj;
     size_t n;
     op_config_account *a = walk_items(c, v, path, account_fields, sizeof *a,
-                                      offsetof(op_config_account, pos), &n);
+                                      offsetof(op_config_account, pos), NULL, &n);
     if (!a)
         return;
     free_accounts(cfg->accounts, cfg->n_accounts);
@@ -1465,12 +2001,144 @@ static void f_models(ctx *c, const node *v, void *obj, const field *f, const cha
     op_config *cfg = obj;
     size_t n;
     op_config_model *m = walk_items(c, v, path, model_fields, sizeof *m,
-                                    offsetof(op_config_model, pos), &n);
+                                    offsetof(op_config_model, pos), NULL, &n);
     if (!m)
         return;
     free_models(cfg->models, cfg->n_models);
     cfg->models = m;
     cfg->n_models = n;
+}
+
+static const node *map_get(const node *m, const char *key);
+
+static void provider_init(void *obj)
+{
+    op_config_provider *p = obj;
+    p->kind = OP_PROVIDER_OPENAI;
+    p->timeout_ms = 120000;
+    p->connect_timeout_ms = 10000;
+}
+
+/* What needs the whole provider: api_key vs api_key_env vs an Authorization
+ * header, and reading the variable (at load, so a reload reads it again). */
+static void provider_finish(ctx *c, const node *it, const char *ip, op_config_provider *p)
+{
+    char lb[96];
+    const node *kn = map_get(it, "api_key"), *en = map_get(it, "api_key_env");
+    if (kn && en && !is_null(kn) && !is_null(en)) {
+        bool env_later = en->line > kn->line || (en->line == kn->line && en->col > kn->col);
+        const node *at = env_later ? en : kn;
+        diag_add(c, at->line, at->col, "%s: set api_key or api_key_env, not both%s", ip,
+                 provider_note(c, lb, sizeof lb, NULL));
+        return;
+    }
+    if (p->api_key_env && en) {
+        const char *val = getenv(p->api_key_env);
+        if (!val) {
+            diag_add(c, en->line, en->col,
+                     "environment variable %s named by %s.api_key_env is not set%s",
+                     p->api_key_env, ip, provider_note(c, lb, sizeof lb, NULL));
+        } else if (!api_key_ok(val)) {
+            diag_add(c, en->line, en->col,
+                     "environment variable %s named by %s.api_key_env must hold 1 to %d visible "
+                     "ASCII characters without spaces%s",
+                     p->api_key_env, ip, MAX_API_KEY,
+                     provider_note(c, lb, sizeof lb, "value not shown"));
+        } else {
+            set_str(&p->api_key, xstrdup(c, val));
+        }
+    }
+    const node *hn = map_get(it, "headers");
+    for (size_t i = 0; p->api_key && hn && hn->kind == N_MAP && i + 1 < hn->n; i += 2) {
+        const node *k = hn->kids[i];
+        if (k->kind == N_SCALAR && !k->dup && strcasecmp(k->s, "authorization") == 0) {
+            diag_add(c, k->line, k->col,
+                     "%s: an Authorization header and an api key both set Authorization: "
+                     "keep one%s",
+                     ip, provider_note(c, lb, sizeof lb, NULL));
+            break;
+        }
+    }
+}
+
+/* As walk_items, with the provider's name kept in c->provider while its
+ * keys are walked, for the messages about its secrets. */
+static void f_providers(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    op_config_gateway *g = obj;
+    if (!seq_items(c, v, path, "a sequence of mappings"))
+        return;
+    op_config_provider *arr = calloc(v->n ? v->n : 1, sizeof *arr);
+    if (!arr) {
+        c->oom = true;
+        return;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        const node *it = v->kids[i];
+        op_config_provider *p = &arr[i];
+        char ip[PATH_BUF];
+        snprintf(ip, sizeof ip, "%s[%zu]", path, i);
+        p->pos = (op_config_pos){it->line, it->col};
+        provider_init(p);
+        if (it->poison)
+            continue;
+        if (it->kind != N_MAP) {
+            type_error(c, it, "a mapping", ip);
+            continue;
+        }
+        const node *nn = map_get(it, "name");
+        bool named = nn && nn->kind == N_SCALAR && nn->len > 0 && nn->len <= 64 &&
+                     !memchr(nn->s, '\0', nn->len) && plugin_name_ok(nn->s);
+        c->provider = named ? nn->s : NULL;
+        walk_mapping(c, it, ip, provider_fields, p);
+        provider_finish(c, it, ip, p);
+        c->provider = NULL;
+    }
+    free_providers(g->providers, g->n_providers);
+    g->providers = arr;
+    g->n_providers = v->n;
+}
+
+static void gateway_init(void *obj)
+{
+    op_config_gateway *g = obj;
+    g->collect_logs = true;
+    g->log_payloads = true;
+    g->max_payload_bytes = 64 * 1024;
+    g->retention_max_logs = 10000000;
+    g->max_attempts = 1;
+    g->retry_delay_ms = 100;
+    g->backoff = OP_BACKOFF_EXPONENTIAL;
+    g->rate_limit_window_s = 60;
+}
+
+static void f_gateways(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    op_config *cfg = obj;
+    size_t n;
+    op_config_gateway *g = walk_items(c, v, path, gateway_fields, sizeof *g,
+                                      offsetof(op_config_gateway, pos), gateway_init, &n);
+    if (!g)
+        return;
+    free_gateways(cfg->gateways, cfg->n_gateways);
+    cfg->gateways = g;
+    cfg->n_gateways = n;
+}
+
+static void f_prices(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    (void)f;
+    op_config *cfg = obj;
+    size_t n;
+    op_config_price *p = walk_items(c, v, path, price_fields, sizeof *p,
+                                    offsetof(op_config_price, pos), NULL, &n);
+    if (!p)
+        return;
+    free_prices(cfg->prices, cfg->n_prices);
+    cfg->prices = p;
+    cfg->n_prices = n;
 }
 
 /* ======================================================================== */
@@ -1604,6 +2272,126 @@ static void check_unique(ctx *c, const op_config *cfg, const node *root)
     free(e);
 }
 
+/* gateways[i] and the node it came from (the arrays keep one entry per
+ * item, valid or not, so indices match). */
+static const node *seq_kid(const node *seq, size_t i)
+{
+    return seq && seq->kind == N_SEQ && i < seq->n ? seq->kids[i] : NULL;
+}
+
+static void check_gateway_account(ctx *c, const op_config *cfg, const op_config_gateway *g,
+                                  const node *an, size_t i)
+{
+    if (!g->account || !an || op_config_find_account(cfg, g->account))
+        return;
+    const char *best = NULL;
+    size_t bestd = 3;
+    for (size_t j = 0; j < cfg->n_accounts; j++) {
+        size_t d = cfg->accounts[j].id ? edit_distance(g->account, cfg->accounts[j].id) : SIZE_MAX;
+        if (d < bestd) {
+            bestd = d;
+            best = cfg->accounts[j].id;
+        }
+    }
+    if (best)
+        diag_add(c, an->line, an->col,
+                 "unknown account '%s' for gateways[%zu].account (did you mean '%s'?)",
+                 g->account, i, best);
+    else
+        diag_add(c, an->line, an->col,
+                 "unknown account '%s' for gateways[%zu].account: list it under accounts",
+                 g->account, i);
+}
+
+/* Gateway ids are unique per account; the key is "account/id", neither of
+ * which may hold a '/'. */
+static void check_gateway_ids(ctx *c, const op_config *cfg, const node *gws, entry *e)
+{
+    size_t total = 1, n = 0, o = 0;
+    for (size_t i = 0; i < cfg->n_gateways; i++)
+        if (cfg->gateways[i].account && cfg->gateways[i].id)
+            total += strlen(cfg->gateways[i].account) + strlen(cfg->gateways[i].id) + 1;
+    char *keys = malloc(total);
+    if (!keys) {
+        c->oom = true;
+        return;
+    }
+    for (size_t i = 0; i < cfg->n_gateways; i++) {
+        const op_config_gateway *g = &cfg->gateways[i];
+        const node *idn = map_get(seq_kid(gws, i), "id");
+        if (!g->account || !g->id || !idn)
+            continue;
+        int len = sprintf(keys + o, "%s/%s", g->account, g->id);
+        push_entry(e, &n, keys + o, (size_t)len, pos_of(idn));
+        o += (size_t)len;
+    }
+    qsort(e, n, sizeof *e, entry_cmp);
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && e[j].len == e[i].len && memcmp(e[j].key, e[i].key, e[i].len) == 0) {
+            const char *k = e[j].key, *slash = memchr(k, '/', e[j].len);
+            diag_add(c, e[j].pos.line, e[j].pos.column,
+                     "duplicate gateway id '%.*s' in account '%.*s' (first at %d:%d)",
+                     (int)(e[j].len - (size_t)(slash - k) - 1), slash + 1, (int)(slash - k), k,
+                     e[i].pos.line, e[i].pos.column);
+            j++;
+        }
+        i = j;
+    }
+    free(keys);
+}
+
+static void check_gateways(ctx *c, const op_config *cfg, const node *root)
+{
+    const node *gws = map_get(root, "gateways"), *prs = map_get(root, "prices");
+    size_t cap = cfg->n_gateways + cfg->n_prices + 1;
+    for (size_t i = 0; i < cfg->n_gateways; i++)
+        cap += cfg->gateways[i].n_tokens + cfg->gateways[i].n_providers;
+    entry *e = malloc(cap * sizeof *e);
+    if (!e) {
+        c->oom = true;
+        return;
+    }
+    for (size_t i = 0; i < cfg->n_gateways; i++)
+        check_gateway_account(c, cfg, &cfg->gateways[i], map_get(seq_kid(gws, i), "account"),
+                              i);
+    check_gateway_ids(c, cfg, gws, e);
+
+    static const uint8_t zero[PL_SHA256_LEN];
+    for (size_t i = 0; i < cfg->n_gateways; i++) {
+        const op_config_gateway *g = &cfg->gateways[i];
+        size_t n = 0;
+        for (size_t j = 0; j < g->n_tokens; j++)
+            if (g->tokens[j].name)
+                push_entry(e, &n, g->tokens[j].name, strlen(g->tokens[j].name), g->tokens[j].pos);
+        report_dups(c, e, n, "token name", true);
+        n = 0;
+        for (size_t j = 0; j < g->n_tokens; j++)
+            if (memcmp(g->tokens[j].sha256, zero, sizeof zero) != 0)
+                push_entry(e, &n, g->tokens[j].sha256, PL_SHA256_LEN, g->tokens[j].pos);
+        report_dups(c, e, n, "token sha256", false);
+
+        const node *pn = map_get(seq_kid(gws, i), "providers");
+        n = 0;
+        for (size_t j = 0; j < g->n_providers; j++) {
+            const node *nn = map_get(seq_kid(pn, j), "name");
+            if (g->providers[j].name && nn)
+                push_entry(e, &n, g->providers[j].name, strlen(g->providers[j].name),
+                           pos_of(nn));
+        }
+        report_dups(c, e, n, "provider name", true);
+    }
+
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->n_prices; i++) {
+        const node *mn = map_get(seq_kid(prs, i), "model");
+        if (cfg->prices[i].model && mn)
+            push_entry(e, &n, cfg->prices[i].model, strlen(cfg->prices[i].model), pos_of(mn));
+    }
+    report_dups(c, e, n, "price for model", true);
+    free(e);
+}
+
 /* ======================================================================== */
 /* Public API                                                               */
 /* ======================================================================== */
@@ -1621,6 +2409,11 @@ static void set_defaults(ctx *c, op_config *cfg)
     cfg->data_dir = resolve_path(c, "./var");
     cfg->policy.memory_bytes = 8 * MIB;
     cfg->policy.instructions = 1000000;
+    cfg->gateway.cache_bytes = 256 * MIB;
+    cfg->gateway.upstream_threads = 1;
+    cfg->gateway.log_commit_interval_us = 2000;
+    cfg->gateway.log_fsync = true;
+    cfg->gateway.log_segment_bytes = 64 * MIB;
 }
 
 void op_config_free(op_config *cfg)
@@ -1637,6 +2430,8 @@ void op_config_free(op_config *cfg)
     free(cfg->policy.lib_dir);
     free_strv(cfg->policy.files, cfg->policy.n_files);
     free(cfg->policy.file_pos);
+    free_gateways(cfg->gateways, cfg->n_gateways);
+    free_prices(cfg->prices, cfg->n_prices);
     free(cfg);
 }
 
@@ -1700,6 +2495,7 @@ int op_config_parse(const char *name, const char *base_dir, const char *text, si
         } else {
             walk_mapping(&c, root, "", top_fields, cfg);
             check_unique(&c, cfg, root);
+            check_gateways(&c, cfg, root);
         }
     } else if (!root && c.nd == 0 && !c.oom) {
         diag_add(&c, 1, 1, "the configuration is empty: expected a mapping with at least 'server'");
@@ -1837,5 +2633,16 @@ const char *op_config_restart_required(const op_config *old, const op_config *ne
     if (!strv_eq(old->plugin_dirs, old->n_plugin_dirs, new_cfg->plugin_dirs,
                  new_cfg->n_plugin_dirs))
         return "plugins.dirs";
+    const op_config_gateway_opts *ga = &old->gateway, *gb = &new_cfg->gateway;
+    if (ga->cache_bytes != gb->cache_bytes)
+        return "gateway.cache_bytes";
+    if (ga->upstream_threads != gb->upstream_threads)
+        return "gateway.upstream_threads";
+    if (ga->log_commit_interval_us != gb->log_commit_interval_us)
+        return "gateway.log_commit_interval_us";
+    if (ga->log_fsync != gb->log_fsync)
+        return "gateway.log_fsync";
+    if (ga->log_segment_bytes != gb->log_segment_bytes)
+        return "gateway.log_segment_bytes";
     return NULL;
 }

@@ -6,7 +6,9 @@
  * followed by a message: unknown keys, wrong types, out-of-range values,
  * missing required keys (reported at the mapping that lacks them), duplicate
  * keys and duplicate ids. Parsing collects all errors it can rather than
- * stopping at the first.
+ * stopping at the first. Secrets are never echoed: not a token's sha256, not
+ * a provider's api_key (nor the value of its api_key_env variable), not a
+ * provider header's value; errors about those name the key and the provider.
  *
  * Ownership: op_config_load() returns a config the caller owns and releases
  * with op_config_free(); every string inside it is owned by the config. A
@@ -114,6 +116,8 @@ typedef struct op_config_provider {
     op_provider_kind kind;    /* kind: openai (default) | workers-ai */
     char *base_url;           /* http:// or https://, no trailing slash (required) */
     char *api_key;            /* sent as "Authorization: Bearer KEY"; never logged; may be NULL */
+    char *api_key_env;        /* the environment variable api_key was read from at load, or
+                               * NULL when the key was written in the file (or there is none) */
     op_config_kv *headers;    /* extra headers sent upstream, as written */
     size_t n_headers;
     int timeout_ms;           /* whole attempt (default 120000) */
@@ -136,16 +140,17 @@ typedef struct op_config_gateway {
     bool collect_logs;        /* write a log record per request (default true) */
     bool log_payloads;        /* keep request and response bodies in records (default true) */
     size_t max_payload_bytes; /* per body kept in a record (default 64 KiB, max 16 MiB) */
-    uint64_t retention_max_logs; /* default 10,000,000; 0 = no limit */
-    int64_t retention_max_age_s; /* default 0 = no limit */
+    uint64_t retention_max_logs; /* retention.max_logs: default 10,000,000; 0 = no limit */
+    int64_t retention_max_age_s; /* retention.max_age_s: default 0 = no limit */
     int cache_ttl_s;          /* default TTL of the response cache; 0 = off unless cf-aig-cache-ttl */
     int request_timeout_ms;   /* per attempt; 0 = the provider's timeout (default 0) */
     int max_attempts;         /* per step, 1..5 (default 1) */
     int retry_delay_ms;       /* 0..5000 (default 100) */
     op_backoff backoff;       /* constant | linear | exponential (default exponential) */
-    double rate_limit;        /* requests per window; 0 = no gateway-wide limit (default 0) */
-    double rate_limit_window_s; /* default 60 */
-    bool rate_limit_sliding;  /* rate_limit_technique: fixed (default) | sliding */
+    double rate_limit;        /* rate_limit.limit: requests per window; 0 = no gateway-wide
+                               * limit (default 0) */
+    double rate_limit_window_s; /* rate_limit.window_s, 1..86400 (default 60) */
+    bool rate_limit_sliding;  /* rate_limit.technique: fixed (default) | sliding */
     bool sync_logs;           /* answer only once the log record is durable (default false) */
     op_config_provider *providers;
     size_t n_providers;
@@ -226,9 +231,10 @@ const op_config_gateway *op_config_find_gateway(const op_config *cfg, const char
                                                 const char *id);
 
 /*
- * Reload (SIGHUP) contract, see docs/config.md: accounts/tokens, log, policy
- * and models apply live; server.*, data_dir, devices and plugins.dirs take
- * effect only at the next start. Returns NULL when every key that needs a
+ * Reload (SIGHUP) contract, see docs/config.md: accounts/tokens, log, policy,
+ * models, gateways and prices apply live; server.*, data_dir, devices,
+ * plugins.dirs and the node-wide `gateway:` section (cache_bytes,
+ * upstream_threads, log_*) take effect only at the next start. Returns NULL when every key that needs a
  * restart is equal in old and new_cfg, else the first one that differs
  * (e.g. "server.listen"), for the reload to log. Static string; no allocation.
  */

@@ -157,6 +157,27 @@ const char *op_http_req_query(const op_http_req *r, const char *name)
     return MHD_lookup_connection_value(r->con, MHD_GET_ARGUMENT_KIND, name);
 }
 
+typedef struct query_iter {
+    void (*fn)(const char *, const char *, void *);
+    void *ctx;
+} query_iter;
+
+static enum MHD_Result query_iter_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    query_iter *it = cls;
+    (void)kind;
+    it->fn(key, value ? value : "", it->ctx);
+    return MHD_YES;
+}
+
+void op_http_req_queries(const op_http_req *r,
+                         void (*fn)(const char *name, const char *value, void *ctx), void *ctx)
+{
+    query_iter it = {fn, ctx};
+    MHD_get_connection_values(r->con, MHD_GET_ARGUMENT_KIND, query_iter_cb, &it);
+}
+
 const char *op_http_req_body(const op_http_req *r, size_t *len)
 {
     if (len)
@@ -350,6 +371,14 @@ int op_http_stream_end(op_http_req *r)
     wake_locked(r);
     pthread_mutex_unlock(&r->mu);
     return 0;
+}
+
+long op_http_stream_pending(op_http_req *r)
+{
+    pthread_mutex_lock(&r->mu);
+    long n = r->closed ? -1 : (long)(r->slen - r->soff);
+    pthread_mutex_unlock(&r->mu);
+    return n;
 }
 
 typedef struct upgrade_ctx {

@@ -74,6 +74,9 @@ const char *op_http_req_path(const op_http_req *r);   /* decoded path, no query 
 const char *op_http_req_header(const op_http_req *r, const char *name);
 /* Query argument by name, or NULL. */
 const char *op_http_req_query(const op_http_req *r, const char *name);
+/* Every query argument, in order: fn(name, value, ctx); value "" if absent. */
+void op_http_req_queries(const op_http_req *r,
+                         void (*fn)(const char *name, const char *value, void *ctx), void *ctx);
 const char *op_http_req_body(const op_http_req *r, size_t *len); /* NUL-terminated */
 /* Every header, for policies: calls fn(name, value, ctx) for each. */
 void op_http_req_headers(const op_http_req *r,
@@ -104,6 +107,10 @@ int op_http_respond(op_http_req *r, int status, const char *content_type, const 
 int op_http_stream_begin(op_http_req *r, int status, const char *content_type);
 int op_http_stream_write(op_http_req *r, const char *data, size_t len);
 int op_http_stream_end(op_http_req *r);
+/* Bytes written to the stream and not yet handed to the connection, or -1
+ * once the client has gone: a producer faster than its client (an export)
+ * waits while this is high, so the stream buffer stays bounded. */
+long op_http_stream_pending(op_http_req *r);
 
 /* ---- protocol upgrade (WebSocket; see op_ws.h) ---- */
 /* Called on an MHD thread once the 101 answer is sent: fd is the raw

@@ -1,7 +1,9 @@
 /*
  * op_config: loading the example, defaults, size strings, path resolution,
  * lookups, and the exact FILE:LINE:COLUMN message of every error class
- * (fixtures in tests/data/config/). Ends with truncation/mutation loops that
+ * (fixtures in tests/data/config/); the AI gateway sections (gateways,
+ * providers, prices, gateway:) with inline configs, including that no
+ * provider secret reaches an error. Ends with truncation/mutation loops that
  * feed damaged configs through the parser: run under ASan they catch
  * over-reads, leaks and crashes.
  */
@@ -811,6 +813,793 @@ Test(config_fuzz, byte_mutations_of_a_valid_config)
     cr_assert_eq(pl_file_read_all(FIXTURES "good_full.yaml", 1 << 20, &text, &len), 0);
     static const char subst[] = {'[', '{', ':', '-', '&', '*', '!', '"', '\0', '\t', '\n', ' ',
                                  '#', '\xc3'};
+    for (size_t i = 0; i < len; i++) {
+        char saved = text[i];
+        for (size_t j = 0; j < sizeof subst; j++) {
+            text[i] = subst[j];
+            parse_exact(text, len);
+        }
+        text[i] = saved;
+    }
+    free(text);
+}
+
+/* ------------------------------------------------------------------------ */
+/* AI gateway: gateways, providers, prices, the gateway section             */
+/* ------------------------------------------------------------------------ */
+
+#define HASH_TEST "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+/* Every gateway key away from its default; line numbers in the comments. */
+static const char gw_full[] =
+    "server: {listen: '127.0.0.1:1'}\n"                  /* 1 */
+    "accounts: [{id: local}, {id: acme}]\n"              /* 2 */
+    "gateway:\n"                                         /* 3 */
+    "  cache_bytes: 1GiB\n"                              /* 4 */
+    "  upstream_threads: 4\n"                            /* 5 */
+    "  log_commit_interval_us: 500\n"                    /* 6 */
+    "  log_fsync: false\n"                               /* 7 */
+    "  log_segment_bytes: 8MiB\n"                        /* 8 */
+    "gateways:\n"                                        /* 9 */
+    "  - account: local\n"                               /* 10 */
+    "    id: default\n"                                  /* 11 */
+    "    authentication: true\n"                         /* 12 */
+    "    tokens:\n"                                      /* 13 */
+    "      - name: app\n"                                /* 14 */
+    "        sha256: \"" HASH_TEST "\"\n"                /* 15 */
+    "    collect_logs: false\n"                          /* 16 */
+    "    log_payloads: False\n"                          /* 17 */
+    "    max_payload_bytes: 16MiB\n"                     /* 18 */
+    "    retention: {max_logs: 0, max_age_s: 86400}\n"   /* 19 */
+    "    cache_ttl_s: 31536000\n"                        /* 20 */
+    "    request_timeout_ms: 3600000\n"                  /* 21 */
+    "    max_attempts: 5\n"                              /* 22 */
+    "    retry_delay_ms: 0\n"                            /* 23 */
+    "    backoff: linear\n"                              /* 24 */
+    "    rate_limit: {limit: 2.5, window_s: 1, technique: sliding}\n" /* 25 */
+    "    sync_logs: TRUE\n"                              /* 26 */
+    "    providers:\n"                                   /* 27 */
+    "      - name: openai\n"                             /* 28 */
+    "        kind: openai\n"                             /* 29 */
+    "        base_url: https://api.openai.com/v1/\n"     /* 30 */
+    "        api_key: \"sk-test-123\"\n"                 /* 31 */
+    "        headers: {X-Org: abc, x-n: 2}\n"            /* 32 */
+    "        timeout_ms: 1\n"                            /* 33 */
+    "        connect_timeout_ms: 3600000\n"              /* 34 */
+    "      - name: cf_2\n"                               /* 35 */
+    "        kind: workers-ai\n"                         /* 36 */
+    "        base_url: \"http://10.0.0.2:8787/client/v4/accounts/x\"\n" /* 37 */
+    "  - account: acme\n"                                /* 38 */
+    "    id: default\n"                                  /* 39 */
+    "prices:\n"                                          /* 40 */
+    "  - model: \"gpt-4o-mini\"\n"                       /* 41 */
+    "    input: 0.15\n"                                  /* 42 */
+    "    output: 0.60\n"                                 /* 43 */
+    "  - {model: \"@local/x\", input: 1_000.5e-3, output: 7}\n"; /* 44 */
+
+Test(config_gateway, full_config_parses_into_its_values)
+{
+    op_config *cfg = parse_ok(gw_full, "/cfg");
+    cr_assert_eq(cfg->gateway.cache_bytes, 1u << 30);
+    cr_assert_eq(cfg->gateway.upstream_threads, 4);
+    cr_assert_eq(cfg->gateway.log_commit_interval_us, 500);
+    cr_assert_eq(cfg->gateway.log_fsync, false);
+    cr_assert_eq(cfg->gateway.log_segment_bytes, 8u << 20);
+    cr_assert_eq(cfg->gateway.pos.line, 4);
+    cr_assert_eq(cfg->gateway.pos.column, 3);
+
+    cr_assert_eq(cfg->n_gateways, 2);
+    const op_config_gateway *g = op_config_find_gateway(cfg, "local", "default");
+    cr_assert_eq(g, &cfg->gateways[0]);
+    cr_assert_eq(op_config_find_gateway(cfg, "acme", "default"), &cfg->gateways[1]);
+    cr_assert_null(op_config_find_gateway(cfg, "local", "other"));
+    cr_assert_null(op_config_find_gateway(cfg, "nobody", "default"));
+    cr_assert_str_eq(g->account, "local");
+    cr_assert_str_eq(g->id, "default");
+    cr_assert_eq(g->pos.line, 10);
+    cr_assert_eq(g->pos.column, 5);
+    cr_assert(g->authentication);
+    cr_assert_eq(g->n_tokens, 1);
+    cr_assert_str_eq(g->tokens[0].name, "app");
+    uint8_t want[PL_SHA256_LEN];
+    pl_sha256("test", 4, want);
+    cr_assert_arr_eq(g->tokens[0].sha256, want, PL_SHA256_LEN);
+    cr_assert_eq(g->tokens[0].pos.line, 14);
+    cr_assert_not(g->collect_logs);
+    cr_assert_not(g->log_payloads);
+    cr_assert_eq(g->max_payload_bytes, 16u << 20);
+    cr_assert_eq(g->retention_max_logs, 0);
+    cr_assert_eq(g->retention_max_age_s, 86400);
+    cr_assert_eq(g->cache_ttl_s, 31536000);
+    cr_assert_eq(g->request_timeout_ms, 3600000);
+    cr_assert_eq(g->max_attempts, 5);
+    cr_assert_eq(g->retry_delay_ms, 0);
+    cr_assert_eq(g->backoff, OP_BACKOFF_LINEAR);
+    cr_assert_float_eq(g->rate_limit, 2.5, 1e-12);
+    cr_assert_float_eq(g->rate_limit_window_s, 1.0, 1e-12);
+    cr_assert(g->rate_limit_sliding);
+    cr_assert(g->sync_logs);
+
+    cr_assert_eq(g->n_providers, 2);
+    const op_config_provider *p = &g->providers[0];
+    cr_assert_str_eq(p->name, "openai");
+    cr_assert_eq(p->kind, OP_PROVIDER_OPENAI);
+    cr_assert_str_eq(p->base_url, "https://api.openai.com/v1"); /* one '/' stripped */
+    cr_assert_str_eq(p->api_key, "sk-test-123");
+    cr_assert_null(p->api_key_env);
+    cr_assert_eq(p->n_headers, 2);
+    cr_assert_str_eq(p->headers[0].key, "X-Org");
+    cr_assert_str_eq(p->headers[0].value, "abc");
+    cr_assert_str_eq(p->headers[1].key, "x-n");
+    cr_assert_str_eq(p->headers[1].value, "2");
+    cr_assert_eq(p->timeout_ms, 1);
+    cr_assert_eq(p->connect_timeout_ms, 3600000);
+    cr_assert_eq(p->pos.line, 28);
+    cr_assert_eq(p->pos.column, 9);
+    p = &g->providers[1];
+    cr_assert_str_eq(p->name, "cf_2");
+    cr_assert_eq(p->kind, OP_PROVIDER_WORKERS_AI);
+    cr_assert_str_eq(p->base_url, "http://10.0.0.2:8787/client/v4/accounts/x");
+    cr_assert_null(p->api_key);
+    cr_assert_eq(p->n_headers, 0);
+
+    cr_assert_eq(cfg->n_prices, 2);
+    cr_assert_str_eq(cfg->prices[0].model, "gpt-4o-mini");
+    cr_assert_float_eq(cfg->prices[0].input_per_mtok, 0.15, 1e-12);
+    cr_assert_float_eq(cfg->prices[0].output_per_mtok, 0.60, 1e-12);
+    cr_assert_eq(cfg->prices[0].pos.line, 41);
+    cr_assert_str_eq(cfg->prices[1].model, "@local/x");
+    cr_assert_float_eq(cfg->prices[1].input_per_mtok, 1.0005, 1e-12);
+    cr_assert_float_eq(cfg->prices[1].output_per_mtok, 7.0, 1e-12);
+    op_config_free(cfg);
+}
+
+static void assert_gateway_defaults(const op_config_gateway *g)
+{
+    cr_assert_not(g->authentication);
+    cr_assert_eq(g->n_tokens, 0);
+    cr_assert(g->collect_logs);
+    cr_assert(g->log_payloads);
+    cr_assert_eq(g->max_payload_bytes, 64u << 10);
+    cr_assert_eq(g->retention_max_logs, 10000000);
+    cr_assert_eq(g->retention_max_age_s, 0);
+    cr_assert_eq(g->cache_ttl_s, 0);
+    cr_assert_eq(g->request_timeout_ms, 0);
+    cr_assert_eq(g->max_attempts, 1);
+    cr_assert_eq(g->retry_delay_ms, 100);
+    cr_assert_eq(g->backoff, OP_BACKOFF_EXPONENTIAL);
+    cr_assert_float_eq(g->rate_limit, 0.0, 0.0);
+    cr_assert_float_eq(g->rate_limit_window_s, 60.0, 0.0);
+    cr_assert_not(g->rate_limit_sliding);
+    cr_assert_not(g->sync_logs);
+}
+
+static void assert_gateway_opts_defaults(const op_config_gateway_opts *o)
+{
+    cr_assert_eq(o->cache_bytes, 256u << 20);
+    cr_assert_eq(o->upstream_threads, 1);
+    cr_assert_eq(o->log_commit_interval_us, 2000);
+    cr_assert(o->log_fsync);
+    cr_assert_eq(o->log_segment_bytes, 64u << 20);
+}
+
+Test(config_gateway, every_default)
+{
+    /* No gateway section at all. */
+    op_config *cfg = parse_ok("server: {listen: 'h:1'}\n"
+                              "accounts: [{id: local}]\n"
+                              "gateways:\n"
+                              "  - {account: local, id: a}\n"
+                              "  - account: local\n"
+                              "    id: b\n"
+                              "    retention: {max_age_s: 5}\n"
+                              "    rate_limit: {limit: 10}\n"
+                              "    providers:\n"
+                              "      - {name: up, base_url: 'http://h'}\n"
+                              "prices: [{model: m}]\n",
+                              NULL);
+    assert_gateway_opts_defaults(&cfg->gateway);
+    cr_assert_eq(cfg->gateway.pos.line, 0);
+    cr_assert_eq(cfg->n_gateways, 2);
+    assert_gateway_defaults(&cfg->gateways[0]);
+    cr_assert_eq(cfg->gateways[0].n_providers, 0);
+    /* a partly written sub-mapping keeps the defaults of its other keys */
+    const op_config_gateway *b = &cfg->gateways[1];
+    cr_assert_eq(b->retention_max_logs, 10000000);
+    cr_assert_eq(b->retention_max_age_s, 5);
+    cr_assert_float_eq(b->rate_limit, 10.0, 0.0);
+    cr_assert_float_eq(b->rate_limit_window_s, 60.0, 0.0);
+    cr_assert_not(b->rate_limit_sliding);
+    cr_assert_eq(b->n_providers, 1);
+    const op_config_provider *p = &b->providers[0];
+    cr_assert_eq(p->kind, OP_PROVIDER_OPENAI);
+    cr_assert_str_eq(p->base_url, "http://h");
+    cr_assert_null(p->api_key);
+    cr_assert_null(p->api_key_env);
+    cr_assert_eq(p->n_headers, 0);
+    cr_assert_eq(p->timeout_ms, 120000);
+    cr_assert_eq(p->connect_timeout_ms, 10000);
+    cr_assert_eq(cfg->n_prices, 1);
+    cr_assert_float_eq(cfg->prices[0].input_per_mtok, 0.0, 0.0);
+    cr_assert_float_eq(cfg->prices[0].output_per_mtok, 0.0, 0.0);
+    op_config_free(cfg);
+
+    /* The plain defaults config has no gateways and the section's defaults. */
+    cfg = parse_ok("server: {listen: 'h:1'}\n", NULL);
+    cr_assert_eq(cfg->n_gateways, 0);
+    cr_assert_null(cfg->gateways);
+    cr_assert_eq(cfg->n_prices, 0);
+    assert_gateway_opts_defaults(&cfg->gateway);
+    op_config_free(cfg);
+
+    /* An empty section, and one with a single key, keep the other defaults;
+     * null values mean "not set" as everywhere. */
+    cfg = parse_ok("server: {listen: 'h:1'}\ngateway:\n", NULL);
+    assert_gateway_opts_defaults(&cfg->gateway);
+    op_config_free(cfg);
+    cfg = parse_ok("server: {listen: 'h:1'}\naccounts: [{id: x}]\n"
+                   "gateway: {upstream_threads: ~}\n"
+                   "gateways: [{account: x, id: g, collect_logs: null, retention: ~,"
+                   " rate_limit: , providers: []}]\n",
+                   NULL);
+    assert_gateway_opts_defaults(&cfg->gateway);
+    assert_gateway_defaults(&cfg->gateways[0]);
+    op_config_free(cfg);
+    cfg = parse_ok("server: {listen: 'h:1'}\ngateway: {log_fsync: false}\n", NULL);
+    cr_assert_not(cfg->gateway.log_fsync);
+    cr_assert_eq(cfg->gateway.cache_bytes, 256u << 20);
+    cr_assert_eq(cfg->gateway.upstream_threads, 1);
+    cr_assert_eq(cfg->gateway.log_commit_interval_us, 2000);
+    cr_assert_eq(cfg->gateway.log_segment_bytes, 64u << 20);
+    op_config_free(cfg);
+}
+
+Test(config_gateway, numbers_booleans_and_urls)
+{
+    static const struct {
+        const char *text;
+        double want;
+    } nums[] = {
+        {"0", 0},          {"7", 7},         {"0.15", 0.15},  {"+2.5", 2.5},
+        {".5", 0.5},       {"5.", 5},        {"1e3", 1000},   {"2.5E-1", 0.25},
+        {"1_000.25", 1000.25}, {"\"3.5\"", 3.5}, {"-0", 0},   {"1e-400", 0},
+    };
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        char text[160];
+        snprintf(text, sizeof text, "server: {listen: 'h:1'}\nprices:\n  - model: m\n"
+                                    "    input: %s\n", nums[i].text);
+        op_config *cfg = parse_ok(text, NULL);
+        cr_assert_float_eq(cfg->prices[0].input_per_mtok, nums[i].want, 1e-12, "%s",
+                           nums[i].text);
+        op_config_free(cfg);
+    }
+    static const char *const bools[][2] = {{"true", "1"},  {"True", "1"},  {"TRUE", "1"},
+                                           {"false", "0"}, {"False", "0"}, {"'false'", "0"}};
+    for (size_t i = 0; i < sizeof bools / sizeof bools[0]; i++) {
+        char text[160];
+        snprintf(text, sizeof text, "server: {listen: 'h:1'}\ngateway: {log_fsync: %s}\n",
+                 bools[i][0]);
+        op_config *cfg = parse_ok(text, NULL);
+        cr_assert_eq(cfg->gateway.log_fsync, bools[i][1][0] == '1', "%s", bools[i][0]);
+        op_config_free(cfg);
+    }
+    static const char *const urls[][2] = {
+        {"http://h", "http://h"},
+        {"https://h:8443/", "https://h:8443"},
+        {"https://api.example.com/v1/openai/", "https://api.example.com/v1/openai"},
+        {"\"http://[::1]:9/x\"", "http://[::1]:9/x"},
+    };
+    for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
+        char text[200];
+        snprintf(text, sizeof text,
+                 "server: {listen: 'h:1'}\naccounts: [{id: a}]\ngateways:\n"
+                 "  - {account: a, id: g, providers: [{name: p, base_url: %s}]}\n",
+                 urls[i][0]);
+        op_config *cfg = parse_ok(text, NULL);
+        cr_assert_str_eq(cfg->gateways[0].providers[0].base_url, urls[i][1]);
+        op_config_free(cfg);
+    }
+}
+
+Test(config_gateway, api_key_env_is_read_at_load)
+{
+    const char *text = "server: {listen: 'h:1'}\n"
+                       "accounts: [{id: a}]\n"
+                       "gateways:\n"
+                       "  - account: a\n"
+                       "    id: g\n"
+                       "    providers:\n"
+                       "      - name: up\n"
+                       "        base_url: https://u\n"
+                       "        api_key_env: OUTPOST_TEST_KEY_1\n";
+    cr_assert_eq(setenv("OUTPOST_TEST_KEY_1", "sk-from-env-42", 1), 0);
+    op_config *cfg = parse_ok(text, NULL);
+    cr_assert_str_eq(cfg->gateways[0].providers[0].api_key, "sk-from-env-42");
+    cr_assert_str_eq(cfg->gateways[0].providers[0].api_key_env, "OUTPOST_TEST_KEY_1");
+    op_config_free(cfg);
+
+    unsetenv("OUTPOST_TEST_KEY_1");
+    expect_text_errors(text, (const char *const[]){
+                                 "9:22: environment variable OUTPOST_TEST_KEY_1 named by "
+                                 "gateways[0].providers[0].api_key_env is not set (provider 'up')",
+                                 NULL});
+    /* set but empty, or holding what cannot go into a header: refused, unshown */
+    static const char *const bad[] = {"", "sk-has space", "sk-new\nline-SECRET"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(setenv("OUTPOST_TEST_KEY_1", bad[i], 1), 0);
+        expect_text_errors(text, (const char *const[]){
+                                     "9:22: environment variable OUTPOST_TEST_KEY_1 named by "
+                                     "gateways[0].providers[0].api_key_env must hold 1 to 4096 "
+                                     "visible ASCII characters without spaces (provider 'up'; "
+                                     "value not shown)",
+                                     NULL});
+    }
+}
+
+Test(config_gateway, restart_required_only_for_the_gateway_section)
+{
+    const char *base = "server: {listen: 'h:1'}\naccounts: [{id: a}]\n";
+    op_config *a = parse_ok(base, "/x");
+    /* gateways and prices apply live */
+    op_config *b = parse_ok("server: {listen: 'h:1'}\naccounts: [{id: a}]\n"
+                            "gateways: [{account: a, id: g, max_attempts: 3}]\n"
+                            "prices: [{model: m, input: 1}]\n",
+                            "/x");
+    cr_assert_null(op_config_restart_required(a, b));
+    static const struct {
+        const char *section, *key;
+    } cases[] = {
+        {"{cache_bytes: 1MiB}", "gateway.cache_bytes"},
+        {"{upstream_threads: 2}", "gateway.upstream_threads"},
+        {"{log_commit_interval_us: 100}", "gateway.log_commit_interval_us"},
+        {"{log_fsync: false}", "gateway.log_fsync"},
+        {"{log_segment_bytes: 1GiB}", "gateway.log_segment_bytes"},
+        {"{cache_bytes: 256MiB, log_fsync: true}", NULL}, /* the defaults, written out */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[200];
+        snprintf(text, sizeof text, "%sgateway: %s\n", base, cases[i].section);
+        op_config *c = parse_ok(text, "/x");
+        const char *got = op_config_restart_required(a, c);
+        if (cases[i].key)
+            cr_assert_str_eq(got, cases[i].key);
+        else
+            cr_assert_null(got);
+        op_config_free(c);
+    }
+    op_config_free(a);
+    op_config_free(b);
+}
+
+/* The head every error case below shares: two accounts, lines 1-2. */
+#define GW_HEAD "server: {listen: 'h:1'}\naccounts: [{id: local}, {id: acme}]\n"
+
+Test(config_gateway_errors, unknown_keys_with_suggestions)
+{
+    expect_text_errors(GW_HEAD
+                       "gateway:\n"                        /* 3 */
+                       "  cache_byte: 1MiB\n"              /* 4 */
+                       "gateways:\n"                       /* 5 */
+                       "  - account: local\n"              /* 6 */
+                       "    id: g\n"                       /* 7 */
+                       "    max_atempts: 2\n"              /* 8 */
+                       "    retention: {max_log: 1}\n"     /* 9 */
+                       "    rate_limit: {windows: 1}\n"    /* 10 */
+                       "    providers:\n"                  /* 11 */
+                       "      - name: p\n"                 /* 12 */
+                       "        base_url: http://h\n"      /* 13 */
+                       "        apikey: sk-SECRET-1\n"     /* 14 */
+                       "gatways: []\n"                     /* 15 */
+                       "price: []\n",                      /* 16 */
+                       (const char *const[]){
+                           "4:3: unknown key 'cache_byte' in gateway (did you mean "
+                           "'cache_bytes'?)",
+                           "8:5: unknown key 'max_atempts' in gateways[0] (did you mean "
+                           "'max_attempts'?)",
+                           "9:17: unknown key 'max_log' in gateways[0].retention (did you mean "
+                           "'max_logs'?)",
+                           "10:18: unknown key 'windows' in gateways[0].rate_limit (did you mean "
+                           "'window_s'?)",
+                           "14:9: unknown key 'apikey' in gateways[0].providers[0] (did you mean "
+                           "'api_key'?)",
+                           "15:1: unknown key 'gatways' at top level (did you mean 'gateways'?)",
+                           "16:1: unknown key 'price' at top level (did you mean 'prices'?)",
+                           NULL});
+}
+
+Test(config_gateway_errors, unknown_account_at_the_value)
+{
+    expect_text_errors(GW_HEAD
+                       "gateways:\n"
+                       "  - account: locl\n"
+                       "    id: a\n"
+                       "  - {id: b, account: nobody}\n",
+                       (const char *const[]){
+                           "4:14: unknown account 'locl' for gateways[0].account (did you mean "
+                           "'local'?)",
+                           "6:22: unknown account 'nobody' for gateways[1].account: list it under "
+                           "accounts",
+                           NULL});
+    /* accounts written after the gateways count too */
+    op_config *cfg = parse_ok("server: {listen: 'h:1'}\ngateways: [{account: late, id: g}]\n"
+                              "accounts: [{id: late}]\n",
+                              NULL);
+    cr_assert_not_null(op_config_find_gateway(cfg, "late", "g"));
+    op_config_free(cfg);
+}
+
+Test(config_gateway_errors, missing_keys_and_bad_ids)
+{
+    expect_text_errors(GW_HEAD
+                       "gateways:\n"                                     /* 3 */
+                       "  - {account: local}\n"                          /* 4 */
+                       "  - {account: local, id: Default}\n"             /* 5 */
+                       "  - {account: 'a b', id: g, providers: [{}]}\n"  /* 6 */
+                       "prices: [{input: 1}]\n",                         /* 7 */
+                       (const char *const[]){
+                           "4:5: missing required key 'id' in gateways[0]",
+                           "5:26: gateways[1].id must be 1 to 64 characters of a-z 0-9 _ -, got "
+                           "'Default'",
+                           "6:15: gateways[2].account must be 1 to 64 characters of A-Z a-z 0-9 "
+                           "_ -, got 'a b'",
+                           "6:41: missing required key 'name' in gateways[2].providers[0]",
+                           "6:41: missing required key 'base_url' in gateways[2].providers[0]",
+                           "7:10: missing required key 'model' in prices[0]",
+                           NULL});
+}
+
+Test(config_gateway_errors, duplicates_name_both_places)
+{
+    expect_text_errors(GW_HEAD
+                       "gateways:\n"                                       /* 3 */
+                       "  - account: local\n"                              /* 4 */
+                       "    id: default\n"                                 /* 5 */
+                       "    tokens:\n"                                     /* 6 */
+                       "      - {name: t, sha256: \"" HASH_TEST "\"}\n"    /* 7 */
+                       "      - {name: t, sha256: \"" HASH_TEST "\"}\n"    /* 8 */
+                       "    providers:\n"                                  /* 9 */
+                       "      - {name: up, base_url: 'http://a'}\n"        /* 10 */
+                       "      - {name: up, base_url: 'http://b'}\n"        /* 11 */
+                       "  - {account: acme, id: default}\n"                /* 12: other account */
+                       "  - {account: local, id: default}\n"               /* 13 */
+                       "prices:\n"                                         /* 14 */
+                       "  - {model: m, input: 1}\n"                        /* 15 */
+                       "  - {model: m, input: 2}\n",                       /* 16 */
+                       (const char *const[]){
+                           "8:9: duplicate token name 't' (first at 7:9)",
+                           "8:9: duplicate token sha256 (first at 7:9)",
+                           "11:16: duplicate provider name 'up' (first at 10:16)",
+                           "13:26: duplicate gateway id 'default' in account 'local' (first at "
+                           "5:9)",
+                           "16:13: duplicate price for model 'm' (first at 15:13)",
+                           NULL});
+    /* the same provider name in two gateways is fine */
+    op_config *cfg = parse_ok(GW_HEAD "gateways:\n"
+                                      "  - {account: local, id: a, providers: [{name: up, "
+                                      "base_url: 'http://a'}]}\n"
+                                      "  - {account: local, id: b, providers: [{name: up, "
+                                      "base_url: 'http://a'}]}\n",
+                              NULL);
+    cr_assert_eq(cfg->n_gateways, 2);
+    op_config_free(cfg);
+}
+
+Test(config_gateway_errors, reserved_provider_names_and_bad_kinds)
+{
+    expect_text_errors(GW_HEAD
+                       "gateways:\n"
+                       "  - account: local\n"
+                       "    id: g\n"
+                       "    providers:\n"
+                       "      - {name: local, base_url: 'http://a'}\n"
+                       "      - {name: workers-ai, base_url: 'http://a'}\n"
+                       "      - {name: Up, base_url: 'http://a', kind: anthropic}\n",
+                       (const char *const[]){
+                           "7:16: gateways[0].providers[0].name 'local' is reserved for the "
+                           "agent's own models (local, workers-ai): choose another name",
+                           "8:16: gateways[0].providers[1].name 'workers-ai' is reserved for the "
+                           "agent's own models (local, workers-ai): choose another name",
+                           "9:16: gateways[0].providers[2].name must be 1 to 64 characters of "
+                           "a-z 0-9 _ -, got 'Up'",
+                           "9:48: unknown value 'anthropic' for gateways[0].providers[2].kind "
+                           "(expected one of: openai, workers-ai)",
+                           NULL});
+}
+
+Test(config_gateway_errors, bad_urls)
+{
+    expect_text_errors(GW_HEAD
+                       "gateways:\n"                                            /* 3 */
+                       "  - account: local\n"                                   /* 4 */
+                       "    id: g\n"                                            /* 5 */
+                       "    providers:\n"                                       /* 6 */
+                       "      - {name: a, base_url: api.openai.com}\n"          /* 7 */
+                       "      - {name: b, base_url: 'ftp://h'}\n"               /* 8 */
+                       "      - {name: c, base_url: 'https://h/a b'}\n"         /* 9 */
+                       "      - {name: d, base_url: 'https:///v1'}\n"           /* 10 */
+                       "      - {name: e, base_url: 'https://h/v1?x=1'}\n"      /* 11 */
+                       "      - {name: f, base_url: 'https://h/v1//'}\n"        /* 12 */
+                       "      - {name: g, base_url: 'https://u:sk-SECRET-2@h'}\n" /* 13 */
+                       "      - {name: h, base_url: 'http://'}\n"               /* 14 */
+                       "      - {name: i, base_url: [x]}\n"                     /* 15 */
+                       "      - {name: j, base_url: 'key@h'}\n",                /* 16 */
+                       (const char *const[]){
+                           "7:29: gateways[0].providers[0].base_url must start with http:// or "
+                           "https://, got 'api.openai.com'",
+                           "8:29: gateways[0].providers[1].base_url must start with http:// or "
+                           "https://, got 'ftp://h'",
+                           "9:29: gateways[0].providers[2].base_url must be printable ASCII "
+                           "without spaces, got 'https://h/a b'",
+                           "10:29: gateways[0].providers[3].base_url has no host, got "
+                           "'https:///v1'",
+                           "11:29: gateways[0].providers[4].base_url must not have a query or "
+                           "fragment (API paths are appended to it), got 'https://h/v1?x=1'",
+                           "12:29: gateways[0].providers[5].base_url must not end with '//', got "
+                           "'https://h/v1//'",
+                           "13:29: gateways[0].providers[6].base_url must not hold credentials "
+                           "(user:password@): use api_key or headers (value not shown)",
+                           "14:29: gateways[0].providers[7].base_url has no host, got 'http://'",
+                           "15:29: expected a string for gateways[0].providers[8].base_url, got "
+                           "a sequence",
+                           "16:29: gateways[0].providers[9].base_url must start with http:// or "
+                           "https://, got a value with '@' (not shown)",
+                           NULL});
+}
+
+Test(config_gateway_errors, bad_enums_and_booleans)
+{
+    expect_text_errors(GW_HEAD
+                       "gateway: {log_fsync: yes}\n"                              /* 3 */
+                       "gateways:\n"                                              /* 4 */
+                       "  - account: local\n"                                     /* 5 */
+                       "    id: g\n"                                              /* 6 */
+                       "    backoff: exponentail\n"                               /* 7 */
+                       "    rate_limit: {technique: leaky}\n"                     /* 8 */
+                       "    authentication: 1\n"                                  /* 9 */
+                       "    sync_logs: [true]\n",                                 /* 10 */
+                       (const char *const[]){
+                           "3:22: expected true or false for gateway.log_fsync, got 'yes'",
+                           "7:14: unknown value 'exponentail' for gateways[0].backoff (expected "
+                           "one of: constant, linear, exponential)",
+                           "8:29: unknown value 'leaky' for gateways[0].rate_limit.technique "
+                           "(expected one of: fixed, sliding)",
+                           "9:21: expected true or false for gateways[0].authentication, got '1'",
+                           "10:16: expected true or false for gateways[0].sync_logs, got a "
+                           "sequence",
+                           NULL});
+    expect_text_errors(GW_HEAD "gateway:\n  - {account: local, id: g}\n",
+                       (const char *const[]){
+                           "4:3: expected a mapping for gateway, got a sequence (the list of "
+                           "gateways is 'gateways')",
+                           NULL});
+    expect_text_errors(GW_HEAD "gateways: [{account: local, id: g, retention: [1]}]\n",
+                       (const char *const[]){
+                           "3:47: expected a mapping for gateways[0].retention, got a sequence",
+                           NULL});
+}
+
+Test(config_gateway_errors, out_of_range_numbers)
+{
+    expect_text_errors(
+        GW_HEAD
+        "gateway:\n"                                                         /* 3 */
+        "  upstream_threads: 17\n"                                           /* 4 */
+        "  log_commit_interval_us: 99\n"                                     /* 5 */
+        "  log_segment_bytes: 1023KiB\n"                                     /* 6 */
+        "  cache_bytes: 2TiB\n"                                              /* 7 */
+        "gateways:\n"                                                        /* 8 */
+        "  - account: local\n"                                               /* 9 */
+        "    id: g\n"                                                        /* 10 */
+        "    max_payload_bytes: 17MiB\n"                                     /* 11 */
+        "    retention: {max_logs: -1, max_age_s: 3153600001}\n"             /* 12 */
+        "    cache_ttl_s: 31536001\n"                                        /* 13 */
+        "    request_timeout_ms: -1\n"                                       /* 14 */
+        "    max_attempts: 0\n"                                              /* 15 */
+        "    retry_delay_ms: 5001\n"                                         /* 16 */
+        "    rate_limit: {limit: -1, window_s: 86401}\n"                     /* 17 */
+        "    providers:\n"                                                   /* 18 */
+        "      - {name: p, base_url: 'http://h', timeout_ms: 0, connect_timeout_ms: 3600001}\n",
+        (const char *const[]){
+            "4:21: gateway.upstream_threads must be between 1 and 16, got 17",
+            "5:27: gateway.log_commit_interval_us must be between 100 and 1000000, got 99",
+            "6:22: gateway.log_segment_bytes must be between 1048576 and 1073741824 bytes, got "
+            "1023KiB",
+            "7:16: gateway.cache_bytes must be between 0 and 1099511627776 bytes, got 2TiB",
+            "11:24: gateways[0].max_payload_bytes must be between 0 and 16777216 bytes, got 17MiB",
+            "12:27: gateways[0].retention.max_logs must be between 0 and 1000000000000, got -1",
+            "12:42: gateways[0].retention.max_age_s must be between 0 and 3153600000, got "
+            "3153600001",
+            "13:18: gateways[0].cache_ttl_s must be between 0 and 31536000, got 31536001",
+            "14:25: gateways[0].request_timeout_ms must be between 0 and 3600000, got -1",
+            "15:19: gateways[0].max_attempts must be between 1 and 5, got 0",
+            "16:21: gateways[0].retry_delay_ms must be between 0 and 5000, got 5001",
+            "17:25: gateways[0].rate_limit.limit must be a finite number of at least 0, got -1",
+            "17:39: gateways[0].rate_limit.window_s must be between 1 and 86400, got 86401",
+            "19:53: gateways[0].providers[0].timeout_ms must be between 1 and 3600000, got 0",
+            "19:76: gateways[0].providers[0].connect_timeout_ms must be between 1 and 3600000, "
+            "got 3600001",
+            NULL});
+}
+
+Test(config_gateway_errors, bad_floats)
+{
+    static const char *const bad[] = {"abc", "1.5.2", "1e", "e3", ".", "1,5", "0x10", ".inf",
+                                      ".nan", "1__0", "_1", "1_", "1.5 USD", "--1", "1e+"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[160], want[200];
+        snprintf(text, sizeof text, "server: {listen: 'h:1'}\nprices:\n  - model: m\n"
+                                    "    output: \"%s\"\n", bad[i]);
+        snprintf(want, sizeof want, "4:13: expected a number for prices[0].output, got '%s'",
+                 bad[i]);
+        expect_text_errors(text, (const char *const[]){want, NULL});
+    }
+    expect_text_errors("server: {listen: 'h:1'}\nprices:\n"
+                       "  - {model: m, input: 1e999, output: -0.01}\n"
+                       "  - {model: n, input: [1], output: 1}\n",
+                       (const char *const[]){
+                           "3:23: prices[0].input must be a finite number of at least 0, got "
+                           "1e999",
+                           "3:38: prices[0].output must be a finite number of at least 0, got "
+                           "-0.01",
+                           "4:23: expected a number for prices[1].input, got a sequence",
+                           NULL});
+    /* 80 characters and more are refused rather than cut */
+    char text[256], digits[100];
+    memset(digits, '1', 90);
+    digits[90] = '\0';
+    snprintf(text, sizeof text, "server: {listen: 'h:1'}\nprices: [{model: m, input: %s}]\n",
+             digits);
+    op_config *cfg = NULL;
+    op_config_errors errs;
+    cr_assert_eq(op_config_parse("t.yaml", NULL, text, strlen(text), &cfg, &errs), -1);
+    cr_assert_eq(errs.n, 1);
+    cr_assert(strstr(errs.items[0].message, "t.yaml:2:28: expected a number for prices[0].input"),
+              "%s", errs.items[0].message);
+    op_config_errors_free(&errs);
+}
+
+Test(config_gateway_errors, headers)
+{
+    expect_text_errors(GW_HEAD
+                       "gateways:\n"                                                   /* 3 */
+                       "  - account: local\n"                                          /* 4 */
+                       "    id: g\n"                                                   /* 5 */
+                       "    providers:\n"                                              /* 6 */
+                       "      - name: p\n"                                             /* 7 */
+                       "        base_url: http://h\n"                                  /* 8 */
+                       "        headers:\n"                                            /* 9 */
+                       "          X-Ok: fine\n"                                        /* 10 */
+                       "          \"Bad Name\": x\n"                                   /* 11 */
+                       "          Content-Length: 5\n"                                 /* 12 */
+                       "          X-Split: \"v\\r\\nX-Evil: sk-SECRET-3\"\n"          /* 13 */
+                       "          X-List: [a]\n"                                       /* 14 */
+                       "          X-Ok: again\n"                                       /* 15 */
+                       "      - name: q\n"                                             /* 16 */
+                       "        base_url: http://h\n"                                  /* 17 */
+                       "        api_key: sk-SECRET-4\n"                                /* 18 */
+                       "        headers: {authorization: 'Bearer sk-SECRET-5'}\n",     /* 19 */
+                       (const char *const[]){
+                           "11:11: gateways[0].providers[0].headers.Bad Name: not an HTTP header "
+                           "name (1 to 128 of A-Z a-z 0-9 !#$%&'*+-.^_`|~)",
+                           "12:11: gateways[0].providers[0].headers.Content-Length: the agent "
+                           "sets this header itself; it cannot be configured",
+                           "13:20: gateways[0].providers[0].headers.X-Split must not contain "
+                           "control characters (provider 'p'; value not shown)",
+                           "14:19: expected a scalar for gateways[0].providers[0].headers.X-List, "
+                           "got a sequence",
+                           "15:11: duplicate key 'X-Ok' in gateways[0].providers[0].headers "
+                           "(first at 10:11)",
+                           "19:19: gateways[0].providers[1]: an Authorization header and an api "
+                           "key both set Authorization: keep one (provider 'q')",
+                           NULL});
+}
+
+Test(config_gateway_errors, api_key_forms)
+{
+    unsetenv("OUTPOST_TEST_KEY_2");
+    expect_text_errors(GW_HEAD
+                       "gateways:\n"                                                   /* 3 */
+                       "  - account: local\n"                                          /* 4 */
+                       "    id: g\n"                                                   /* 5 */
+                       "    providers:\n"                                              /* 6 */
+                       "      - name: p\n"                                             /* 7 */
+                       "        base_url: http://h\n"                                  /* 8 */
+                       "        api_key: sk-SECRET-6\n"                                /* 9 */
+                       "        api_key_env: OUTPOST_TEST_KEY_2\n"                     /* 10 */
+                       "      - {name: q, base_url: 'http://h', api_key: 'sk SECRET-7'}\n" /* 11 */
+                       "      - {name: r, base_url: 'http://h', api_key: ''}\n"        /* 12 */
+                       "      - {name: s, base_url: 'http://h', api_key: {k: v}}\n"    /* 13 */
+                       "      - {name: t, base_url: 'http://h', api_key_env: 9LIVES}\n" /* 14 */
+                       "      - {api_key: \"sk-SECRET-8\\t\", name: Bad}\n",           /* 15 */
+                       (const char *const[]){
+                           "10:22: gateways[0].providers[0]: set api_key or api_key_env, not both "
+                           "(provider 'p')",
+                           "11:50: gateways[0].providers[1].api_key must be 1 to 4096 visible "
+                           "ASCII characters without spaces (provider 'q'; value not shown)",
+                           "12:50: gateways[0].providers[2].api_key must be 1 to 4096 visible "
+                           "ASCII characters without spaces (provider 'r'; value not shown)",
+                           "13:50: expected a string for gateways[0].providers[3].api_key, got a "
+                           "mapping (provider 's')",
+                           "14:54: gateways[0].providers[4].api_key_env must be an environment "
+                           "variable name (A-Z a-z 0-9 _, not starting with a digit), got "
+                           "'9LIVES'",
+                           "15:9: missing required key 'base_url' in gateways[0].providers[5]",
+                           "15:19: gateways[0].providers[5].api_key must be 1 to 4096 visible "
+                           "ASCII characters without spaces (value not shown)",
+                           "15:42: gateways[0].providers[5].name must be 1 to 64 characters of "
+                           "a-z 0-9 _ -, got 'Bad'",
+                           NULL});
+}
+
+/* Every kind of error a provider can have, each with its key in reach:
+ * no message may carry any part of the secrets. */
+Test(config_gateway_errors, api_key_never_appears_in_any_error)
+{
+    setenv("OUTPOST_TEST_KEY_3", "sk-SECRET-env\x01", 1);
+    const char *text =
+        GW_HEAD
+        "gateways:\n"
+        "  - account: nobody\n"
+        "    id: g\n"
+        "    max_attempts: 9\n"
+        "    providers:\n"
+        "      - name: local\n"
+        "        base_url: 'https://user:sk-SECRET-a@h/v1//'\n"
+        "        api_key: 'sk-SECRET-b with space'\n"
+        "        api_key_env: NOT_SET_SECRET_VAR_ZZ\n"
+        "        headers: {Authorization: \"Bearer sk-SECRET-c\\n\", 'X Y': sk-SECRET-d}\n"
+        "        timeout_ms: -5\n"
+        "        bogus: sk-SECRET-e\n"
+        "      - name: local\n"
+        "        kind: bogus\n"
+        "        base_url: 'sk-SECRET-g@x'\n"
+        "        api_key: \"sk-SECRET-h\\0\"\n"
+        "      - name: ok\n"
+        "        base_url: http://h\n"
+        "        api_key_env: OUTPOST_TEST_KEY_3\n"
+        "        api_key: [sk-SECRET-i]\n"
+        "      - {name: ok2, base_url: 'http://h', api_key_env: OUTPOST_TEST_KEY_3,"
+        " headers: {X-K: \"sk-SECRET-j\\0\"}}\n";
+    op_config *cfg = NULL;
+    op_config_errors errs;
+    cr_assert_eq(op_config_parse("t.yaml", NULL, text, strlen(text), &cfg, &errs), -1);
+    cr_assert_geq(errs.n, 10);
+    for (size_t i = 0; i < errs.n; i++) {
+        cr_log_info("%s", errs.items[i].message);
+        cr_assert_null(strstr(errs.items[i].message, "SECRET"), "%s", errs.items[i].message);
+    }
+    op_config_errors_free(&errs);
+    unsetenv("OUTPOST_TEST_KEY_3");
+}
+
+Test(config_gateway, example_has_the_default_gateway)
+{
+    op_config *cfg = NULL;
+    op_config_errors errs;
+    int rc = op_config_load(OUTPOST_SOURCE_DIR "/examples/outpost.yaml", &cfg, &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        cr_log_error("%s", errs.items[i].message);
+    cr_assert_eq(rc, 0);
+    const op_config_gateway *g = op_config_find_gateway(cfg, "local", "default");
+    cr_assert_not_null(g);
+    cr_assert_not(g->authentication);
+    cr_assert(g->collect_logs);
+    cr_assert(g->log_payloads);
+    cr_assert_eq(g->n_providers, 0);
+    assert_gateway_opts_defaults(&cfg->gateway);
+    cr_assert_gt(cfg->gateway.pos.line, 0);
+    op_config_free(cfg);
+}
+
+/* The gateway keys through the damage loops too. */
+Test(config_fuzz, gateway_prefixes_and_mutations)
+{
+    size_t len = sizeof gw_full - 1;
+    for (size_t i = 0; i <= len; i++)
+        parse_exact(gw_full, i);
+    char *text = malloc(len);
+    memcpy(text, gw_full, len);
+    static const char subst[] = {'[', '{', ':', '-', '"', '\0', '\n', ' ', '#', '\xc3'};
     for (size_t i = 0; i < len; i++) {
         char saved = text[i];
         for (size_t j = 0; j < sizeof subst; j++) {
