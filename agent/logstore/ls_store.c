@@ -803,6 +803,12 @@ static void commit_group(ls_store *s, uint8_t *buf, size_t len, uint32_t n)
     double dlive = (double)s->live - (double)live0;
     pthread_rwlock_unlock(&s->lk);
 
+    /* The group no longer counts as pending before anyone hears it is
+     * durable: a waiter that then appends must find the room it freed. */
+    pthread_mutex_lock(&s->pmu);
+    s->flight_bytes = 0;
+    s->flight_n = 0;
+    pthread_mutex_unlock(&s->pmu);
     atomic_store(&s->durable_seq, last);
     pthread_mutex_lock(&s->wmu);
     pthread_cond_broadcast(&s->wcond);
