@@ -356,13 +356,13 @@ static void begin_call(vm *v)
 
 /* ---- guards on library functions that loop in C ---- */
 
-/* Calls upvalue 1 with this call's arguments; returns its results. */
+/* Runs the wrapped library function (upvalue 1, a C function without
+ * upvalues of its own) on this call's arguments, in this frame: a direct C
+ * call, not a second Lua call. Returns its result count. */
 static int call_original(lua_State *L)
 {
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    lua_CFunction f = lua_tocfunction(L, lua_upvalueindex(1));
+    return f(L);
 }
 
 /* find, match, gmatch, gsub: refuse giant subjects, charge the scan. */
@@ -1670,7 +1670,7 @@ static int res_pairs(lua_State *L)
 static void push_call_table(vm *v, int meta_ref, int slot_ref)
 {
     lua_State *L = v->L;
-    lua_createtable(L, 0, 0);
+    lua_createtable(L, 0, 4); /* room for the fields a policy typically reads */
     lua_rawgeti(L, LUA_REGISTRYINDEX, meta_ref);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
