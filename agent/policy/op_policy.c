@@ -723,6 +723,10 @@ static bool jd_number(jdec *d)
      * integer range), and the decimal point is right in any locale. */
     if (lua_stringtonumber(d->L, num) != n + 1)
         return jd_fail(d, "invalid number");
+    if (!lua_isinteger(d->L, -1) && !isfinite(lua_tonumber(d->L, -1))) {
+        lua_pop(d->L, 1);
+        return jd_fail(d, "number out of range");
+    }
     d->p = q;
     return true;
 }
