@@ -37,6 +37,8 @@
 #define GW_MAX_BACKOFF_MS 60000
 /* Tokens reserved for a request that names no max_tokens. */
 #define GW_DEFAULT_MAX_TOKENS 256
+/* Attempts of one step a policy's "retry" may ask for. */
+#define GW_MAX_POLICY_ATTEMPTS 10
 
 typedef struct buf {
     char *p;
@@ -140,6 +142,13 @@ struct gw_exec {
     gw_flight *flight;
     gw_cache_follow *follow;
     bool following;
+
+    /* what the hooks see, made once per step (see hook_texts) */
+    char *hook_query;
+    char *hook_meta;
+    int hook_step;            /* the step hook_query belongs to; -1 none */
+    uint64_t request_id;      /* policies decode body/metadata once per id */
+    long long retry_after_ms; /* the current attempt's Retry-After */
 
     /* limits */
     gw_limit_ticket ticket;
@@ -742,7 +751,8 @@ static void finish(gw_exec *e, bool ok)
     e->finished = true;
     if (!e->sink_begun)
         sink_begin(e, 502, "application/json", false);
-    e->sink.end(e->sink.ctx, &e->meta, ok);
+    /* Limits are settled before the client sees the end, so that its next
+     * request finds the real count, not the reservation. */
     if (e->has_ticket) {
         double actual[GW_LIMIT_MAX_RULES];
         double cost = e->cached ? 0 : cost_of(e, e->usage.tokens_in, e->usage.tokens_out);
@@ -754,6 +764,7 @@ static void finish(gw_exec *e, bool ok)
         gw_limit_settle(gw_svc_limiter(), &e->ticket, actual, pl_time_mono_ns());
         e->has_ticket = false;
     }
+    e->sink.end(e->sink.ctx, &e->meta, ok);
     if (e->collect)
         write_log(e);
 }
@@ -786,15 +797,36 @@ static void route_request(gw_exec *e, op_route_request *pr, char *meta_buf, size
     pr->attempt = e->attempt;
 }
 
-/* The request body the hooks see (the step's query), serialized. */
-static char *query_text(const gw_exec *e)
+/* The texts the hooks see: the step's query and the metadata, serialized
+ * once per step. The policy host decodes them once per request id, so the
+ * id changes with the step (the body does too). */
+static uint64_t next_request_id(void)
 {
-    return json_dumps(e->steps[e->step].query, JSON_COMPACT | JSON_ENCODE_ANY);
+    static _Atomic uint64_t seq;
+    return (atomic_fetch_add(&seq, 1) + 1) * GW_MAX_STEPS;
 }
 
-static char *metadata_text(const gw_exec *e)
+static void hook_texts(gw_exec *e, const char **q, const char **meta)
 {
-    return e->opts.metadata ? json_dumps(e->opts.metadata, JSON_COMPACT) : NULL;
+    if (e->hook_step != e->step) {
+        free(e->hook_query);
+        e->hook_query = json_dumps(e->steps[e->step].query, JSON_COMPACT | JSON_ENCODE_ANY);
+        e->hook_step = e->step;
+        if (!e->hook_meta && e->opts.metadata)
+            e->hook_meta = json_dumps(e->opts.metadata, JSON_COMPACT);
+    }
+    *q = e->hook_query;
+    *meta = e->hook_meta;
+}
+
+static void hook_request(gw_exec *e, op_route_request *pr)
+{
+    const char *q, *meta;
+    hook_texts(e, &q, &meta);
+    route_request(e, pr, (char *)meta, 0);
+    pr->body_json = q;
+    pr->body_len = q ? strlen(q) : 0;
+    pr->request_id = e->request_id + (uint64_t)e->step;
 }
 
 /* Runs on_error or on_response. Returns false if the policy failed (d then
@@ -805,20 +837,14 @@ static void run_next_hook(gw_exec *e, bool error, const op_attempt_result *res, 
     d->delay_ms = -1;
     if (!e->rt->policies)
         return;
-    char *meta = metadata_text(e);
-    char *q = query_text(e);
     op_route_request pr;
-    route_request(e, &pr, meta, 0);
-    pr.body_json = q;
-    pr.body_len = q ? strlen(q) : 0;
+    hook_request(e, &pr);
     op_policy_status st = error ? op_policy_on_error(e->rt->policies, &pr, res, d)
                                 : op_policy_on_response(e->rt->policies, &pr, res, d);
     if (st != OP_POLICY_OK) {
         d->action = OP_NEXT_FAIL;
         d->status = 500;
     }
-    free(meta);
-    free(q);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -901,7 +927,11 @@ static void apply_decision(gw_exec *e, const op_next_decision *d, bool retryable
     switch (d->action) {
     case OP_NEXT_RETRY:
         keep_failure(e, why);
-        retry_after(e, d->delay_ms >= 0 ? d->delay_ms : backoff_ms(e, e->attempt + 1));
+        /* A policy may retry past max_attempts, not without end. */
+        if (e->attempt >= GW_MAX_POLICY_ATTEMPTS)
+            next_step(e);
+        else
+            retry_after(e, d->delay_ms >= 0 ? d->delay_ms : backoff_ms(e, e->attempt + 1));
         return;
     case OP_NEXT_FALLBACK:
         keep_failure(e, why);
@@ -1018,11 +1048,16 @@ static void pass_end(gw_exec *e, bool ok)
 
 static int cb_head(void *ctx, int status, const char *ctype, const gw_header *h, size_t nh)
 {
-    (void)h;
-    (void)nh;
     gw_exec *e = cb_enter(ctx);
     if (!e)
         return -1;
+    e->retry_after_ms = 0;
+    for (size_t i = 0; i < nh; i++)
+        if (h[i].name && h[i].value && strcasecmp(h[i].name, "retry-after") == 0) {
+            long v;
+            if (parse_long(h[i].value, 0, 86400, &v))
+                e->retry_after_ms = (long long)v * 1000;
+        }
     e->status = status;
     snprintf(e->ctype, sizeof e->ctype, "%s", ctype ? ctype : "");
     e->stream = ctype_is_stream(ctype) && status < 400;
@@ -1035,7 +1070,8 @@ static int cb_head(void *ctx, int status, const char *ctype, const gw_header *h,
          * without a body. */
         op_attempt_result res = {.status = status, .content_type = e->ctype,
                                  .duration_ms = (double)(pl_time_mono_ns() - e->attempt_t0) / 1e6,
-                                 .max_attempts = max_attempts(e)};
+                                 .max_attempts = max_attempts(e),
+                                 .retry_after_ms = e->retry_after_ms};
         op_next_decision d;
         run_next_hook(e, false, &res, &d);
         if (d.action == OP_NEXT_RETRY || d.action == OP_NEXT_FALLBACK || d.action == OP_NEXT_FAIL) {
@@ -1128,7 +1164,8 @@ static void cb_done(void *ctx, gw_up_err err, const char *message)
         op_attempt_result res = {.status = e->status, .error_kind = "http",
                                  .body = e->body.p, .body_len = e->body.len,
                                  .content_type = e->ctype, .duration_ms = dur,
-                                 .max_attempts = max_attempts(e)};
+                                 .max_attempts = max_attempts(e),
+                                 .retry_after_ms = e->retry_after_ms};
         op_next_decision d;
         run_next_hook(e, true, &res, &d);
         char why[64];
@@ -1143,7 +1180,8 @@ static void cb_done(void *ctx, gw_up_err err, const char *message)
                      GW_MAX_BUFFERED_BODY);
         op_attempt_result res = {.status = e->status, .error_kind = err_kind(err),
                                  .message = why, .duration_ms = dur,
-                                 .max_attempts = max_attempts(e)};
+                                 .max_attempts = max_attempts(e),
+                                 .retry_after_ms = e->retry_after_ms};
         op_next_decision d;
         run_next_hook(e, true, &res, &d);
         e->status = 0; /* no answer to pass on */
@@ -1152,7 +1190,8 @@ static void cb_done(void *ctx, gw_up_err err, const char *message)
         /* A whole answer: on_response may read it before it is passed on. */
         op_attempt_result res = {.status = e->status, .body = e->body.p, .body_len = e->body.len,
                                  .content_type = e->ctype, .duration_ms = dur,
-                                 .max_attempts = max_attempts(e)};
+                                 .max_attempts = max_attempts(e),
+                                 .retry_after_ms = e->retry_after_ms};
         op_next_decision d;
         run_next_hook(e, false, &res, &d);
         if (d.action == OP_NEXT_RETRY || d.action == OP_NEXT_FALLBACK || d.action == OP_NEXT_FAIL) {
@@ -1507,16 +1546,10 @@ static void start_step(gw_exec *e)
     e->max_tokens = json_is_integer(mt) ? (long long)json_integer_value(mt) : -1;
 
     if (e->rt->policies) {
-        char *meta = metadata_text(e);
-        char *q = query_text(e);
         op_route_request pr;
-        route_request(e, &pr, meta, 0);
-        pr.body_json = q;
-        pr.body_len = q ? strlen(q) : 0;
+        hook_request(e, &pr);
         op_route_decision d;
         op_policy_status ps = op_policy_route(e->rt->policies, &pr, &d);
-        free(meta);
-        free(q);
         if (ps != OP_POLICY_OK) {
             answer_error(e, 500, OP_API_ERR_POLICY_FAILED, d.message);
             return;
@@ -1642,16 +1675,10 @@ static bool check_limits(gw_exec *e)
     if (e->rt->policies) {
         op_limit_rule pr_rules[OP_POLICY_MAX_LIMIT_RULES];
         size_t np = 0;
-        char *meta = metadata_text(e);
-        char *q = query_text(e);
         op_route_request pr;
-        route_request(e, &pr, meta, 0);
-        pr.body_json = q;
-        pr.body_len = q ? strlen(q) : 0;
+        hook_request(e, &pr);
         op_route_decision fail;
         op_policy_status ps = op_policy_limit(e->rt->policies, &pr, pr_rules, &np, &fail);
-        free(meta);
-        free(q);
         if (ps != OP_POLICY_OK) {
             answer_error(e, 500, OP_API_ERR_POLICY_FAILED, fail.message);
             return false;
@@ -1773,6 +1800,8 @@ static void exec_unref(gw_exec *e)
     buf_free(&e->last_body);
     buf_free(&e->log_resp);
     free(e->log_req);
+    free(e->hook_query);
+    free(e->hook_meta);
     gw_sse_free(&e->sse);
     pthread_mutex_destroy(&e->mu);
     free(e);
@@ -1865,6 +1894,8 @@ gw_exec *gw_exec_start(gw_exec_params *p)
     e->t0_ns = pl_time_mono_ns();
     e->created_ms = pl_time_wall_ms();
     e->meta.step = -1;
+    e->hook_step = -1;
+    e->request_id = next_request_id();
     snprintf(e->meta.event_id, sizeof e->meta.event_id, "%s", e->opts.event_id);
     e->collect = e->opts.collect_log >= 0 ? e->opts.collect_log == 1 : e->gw.cfg->collect_logs;
     if (e->collect)
