@@ -742,6 +742,7 @@ static int seg_start(ls_store *s, uint64_t no, uint64_t first_seq)
 
 static void commit_group(ls_store *s, uint8_t *buf, size_t len, uint32_t n)
 {
+    op_counter_add(g_m_appended, n); /* accepted by ls_append, whatever happens next */
     if (atomic_load(&s->failed))
         return;
     ls_seg *g = s->active;
@@ -803,8 +804,15 @@ static void commit_group(ls_store *s, uint8_t *buf, size_t len, uint32_t n)
     double dlive = (double)s->live - (double)live0;
     pthread_rwlock_unlock(&s->lk);
 
-    /* The group no longer counts as pending before anyone hears it is
-     * durable: a waiter that then appends must find the room it freed. */
+    /* Counters, metrics and the observer first, and the group no longer
+     * counts as pending, before anyone hears it is durable: a waiter then
+     * sees stats that include its group and finds the room it freed. */
+    atomic_fetch_add(&s->commits, 1);
+    atomic_store(&s->last_commit_ns, t2 - t0);
+    gauges_add(s, dlive, (double)len);
+    op_histogram_observe(g_m_commit, (double)(t2 - t0) / 1e9);
+    if (s->o.on_commit)
+        s->o.on_commit(s->o.on_commit_ctx, last, n, len, t1 - t0, t2 - t1);
     pthread_mutex_lock(&s->pmu);
     s->flight_bytes = 0;
     s->flight_n = 0;
@@ -813,13 +821,6 @@ static void commit_group(ls_store *s, uint8_t *buf, size_t len, uint32_t n)
     pthread_mutex_lock(&s->wmu);
     pthread_cond_broadcast(&s->wcond);
     pthread_mutex_unlock(&s->wmu);
-
-    atomic_fetch_add(&s->commits, 1);
-    atomic_store(&s->last_commit_ns, t2 - t0);
-    gauges_add(s, dlive, (double)len);
-    op_histogram_observe(g_m_commit, (double)(t2 - t0) / 1e9);
-    if (s->o.on_commit)
-        s->o.on_commit(s->o.on_commit_ctx, last, n, len, t1 - t0, t2 - t1);
 }
 
 static void *committer_main(void *arg)
@@ -854,7 +855,6 @@ static void *committer_main(void *arg)
         pthread_mutex_unlock(&s->pmu);
 
         commit_group(s, batch, len, n);
-        op_counter_add(g_m_appended, n);
 
         pthread_mutex_lock(&s->pmu);
         s->flight_bytes = 0;
