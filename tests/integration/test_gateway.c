@@ -742,3 +742,51 @@ Test(gateway, on_error_and_on_response_policies_decide)
     free(s1);
     env_stop(&e);
 }
+
+typedef struct same {
+    env *e;
+    const char *body;
+    ts_response r;
+} same;
+
+static void *same_main(void *arg)
+{
+    same *x = arg;
+    ts_http(&x->r, "POST", url(x->e, "/v1/local/default"), x->body,
+            (const char *const[]){"cf-aig-cache-ttl: 60", NULL});
+    return NULL;
+}
+
+Test(gateway, identical_requests_in_flight_are_coalesced_into_one_upstream_call)
+{
+    env e;
+    env_start(&e);
+    /* The upstream's stream takes about 60 ms: four identical requests
+     * sent together share the first one's call. */
+    char *s = step("ok", CHAT_STREAM);
+    same x[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        x[i].e = &e;
+        x[i].body = s;
+        pthread_create(&t[i], NULL, same_main, &x[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    int hits = 0;
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(x[i].r.status, 200, "%ld %s", x[i].r.status, x[i].r.body);
+        cr_assert_str_eq(x[i].r.body, x[0].r.body);
+        cr_assert(strstr(x[i].r.body, "data: [DONE]"), "%s", x[i].r.body);
+        char *c = ts_header(&x[i].r, "cf-aig-cache-status");
+        hits += c && strcmp(c, "HIT") == 0;
+        free(c);
+    }
+    for (int i = 0; i < 4; i++)
+        ts_response_free(&x[i].r);
+    cr_assert_eq(atomic_load(&g_ok_calls), 1, "upstream called %d times",
+                 atomic_load(&g_ok_calls));
+    cr_assert_eq(hits, 3);
+    free(s);
+    env_stop(&e);
+}
