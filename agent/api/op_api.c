@@ -424,25 +424,32 @@ static void call_unref(api_call *c)
     free(c);
 }
 
-/* Writes one SSE event "data: <json>\n\n" (obj's reference is stolen).
- * Returns 0, or -1 if the client is gone. */
-static int sse_write_json(op_http_req *r, json_t *obj)
+char *op_api_sse_event(json_t *obj, size_t *len)
 {
     char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
     if (!s)
-        return -1;
+        return NULL;
     size_t n = strlen(s);
     char *line = malloc(n + 9);
-    int rc = -1;
     if (line) {
         memcpy(line, "data: ", 6);
         memcpy(line + 6, s, n);
-        memcpy(line + 6 + n, "\n\n", 2);
-        rc = op_http_stream_write(r, line, n + 8);
-        free(line);
+        memcpy(line + 6 + n, "\n\n", 3);
+        *len = n + 8;
     }
     free(s);
+    return line;
+}
+
+/* Writes one SSE event (obj's reference is stolen). Returns 0, or -1 if
+ * the client is gone. */
+static int sse_write_json(op_http_req *r, json_t *obj)
+{
+    size_t n;
+    char *line = op_api_sse_event(obj, &n);
+    int rc = line ? op_http_stream_write(r, line, n) : -1;
+    free(line);
     return rc;
 }
 

@@ -22,6 +22,8 @@
 #ifndef OP_API_H
 #define OP_API_H
 
+#include <jansson.h>
+
 #include "http/op_http.h"
 
 /* API error codes in the envelope's errors[].code (docs/api.md). */
@@ -56,6 +58,10 @@ void op_api_handle(op_http_req *req, void *user);
  * (OpenAI's under /v1/... and .../ai/v1/..., else the Workers AI envelope). */
 void op_api_too_large(op_http_req *req, void *user);
 
+/* One server-sent event "data: <json>\n\n" for obj (its reference is
+ * stolen), malloc'd and NUL-terminated, its length in *len; NULL when out
+ * of memory. */
+char *op_api_sse_event(json_t *obj, size_t *len);
 /* Writes the error envelope for (code, message) into a malloc'd string. */
 char *op_api_error_json(int code, const char *message);
 

@@ -248,6 +248,24 @@ static const char *req_header(void *ctx, const char *name)
     return op_http_req_header(ctx, name);
 }
 
+/* Appends n bytes to a growing buffer. Returns 0, or -1 out of memory. */
+static int body_append(char **body, size_t *len, size_t *cap, const char *d, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 4096;
+        while (c < *len + n + 1)
+            c *= 2;
+        char *p = realloc(*body, c);
+        if (!p)
+            return -1;
+        *body = p;
+        *cap = c;
+    }
+    memcpy(*body + *len, d, n);
+    *len += n;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* the HTTP sink                                                             */
 /* ------------------------------------------------------------------------ */
@@ -309,19 +327,7 @@ static int hs_data(void *ctx, const char *d, size_t n)
     http_sink *s = ctx;
     if (s->stream)
         return op_http_stream_write(s->req, d, n);
-    if (s->len + n + 1 > s->cap) {
-        size_t c = s->cap ? s->cap : 4096;
-        while (c < s->len + n + 1)
-            c *= 2;
-        char *p = realloc(s->body, c);
-        if (!p)
-            return -1;
-        s->body = p;
-        s->cap = c;
-    }
-    memcpy(s->body + s->len, d, n);
-    s->len += n;
-    return 0;
+    return body_append(&s->body, &s->len, &s->cap, d, n);
 }
 
 static void hs_end(void *ctx, const gw_meta *m, bool ok)
@@ -520,19 +526,7 @@ static int wss_data(void *ctx, const char *d, size_t n)
         gw_sse_feed(&s->sse, d, n, wss_event, s);
         return 0;
     }
-    if (s->len + n + 1 > s->cap) {
-        size_t c = s->cap ? s->cap : 4096;
-        while (c < s->len + n + 1)
-            c *= 2;
-        char *p = realloc(s->body, c);
-        if (!p)
-            return -1;
-        s->body = p;
-        s->cap = c;
-    }
-    memcpy(s->body + s->len, d, n);
-    s->len += n;
-    return 0;
+    return body_append(&s->body, &s->len, &s->cap, d, n);
 }
 
 static void wss_end(void *ctx, const gw_meta *m, bool ok)

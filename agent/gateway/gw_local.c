@@ -112,21 +112,10 @@ static int send_data(gw_local_call *c, const char *d, size_t n)
 /* Sends obj as one SSE event (steals the reference). */
 static int send_event(gw_local_call *c, json_t *obj)
 {
-    char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
-    json_decref(obj);
-    if (!s)
-        return -1;
-    size_t n = strlen(s);
-    char *line = malloc(n + 9);
-    int rc = -1;
-    if (line) {
-        memcpy(line, "data: ", 6);
-        memcpy(line + 6, s, n);
-        memcpy(line + 6 + n, "\n\n", 2);
-        rc = send_data(c, line, n + 8);
-        free(line);
-    }
-    free(s);
+    size_t n;
+    char *line = op_api_sse_event(obj, &n);
+    int rc = line ? send_data(c, line, n) : -1;
+    free(line);
     return rc;
 }
 
