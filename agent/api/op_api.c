@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "api/op_openai.h"
+#include "gateway/gw_admin.h"
+#include "gateway/gw_gateway.h"
 #include "metrics/op_metrics.h"
 #include "platform/pl_hash.h"
 #include "platform/pl_log.h"
@@ -38,7 +40,7 @@ char *op_api_error_json(int code, const char *message)
 static bool openai_path(const char *path)
 {
     if (strncmp(path, "/v1/", 4) == 0)
-        return true;
+        return !gw_is_gateway_path(path);
     if (strncmp(path, ACCOUNTS_PREFIX, sizeof ACCOUNTS_PREFIX - 1) != 0)
         return false;
     const char *rest = strchr(path + sizeof ACCOUNTS_PREFIX - 1, '/');
@@ -995,6 +997,20 @@ static void route_api(op_http_req *r, op_runtime *rt)
     const char *rest = NULL;
     bool scoped = split_account(path, account, sizeof account, &rest);
     const char *sub = scoped ? rest : path;
+
+    /* The AI gateway: /v1/{account}/{gateway}/... (its own authentication,
+     * cf-aig-authorization, decided per gateway), and the management API
+     * under the account (account tokens, as every account route). */
+    if (!scoped && gw_is_gateway_path(path)) {
+        gw_handle(r, rt);
+        return;
+    }
+    if (scoped && strncmp(sub, "/ai-gateway/", 12) == 0) {
+        op_http_req_set_route(r, "gateway_admin");
+        if (authenticate(r, rt, account))
+            gw_admin_handle(r, rt->cfg, account, sub + 11, gw_svc_registry(), gw_svc_logs());
+        return;
+    }
 
     if (strncmp(sub, "/ai/run/", 8) == 0 && (scoped || strcmp(path, sub) == 0)) {
         op_http_req_set_route(r, "ai_run");

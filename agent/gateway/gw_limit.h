@@ -133,6 +133,8 @@ int gw_limit_acquire(gw_limiter *l, const gw_limit_rule *rules, const double *am
  * still counts at now_ns. A ticket is settled at most once (later calls do
  * nothing); actual == NULL or actual == reserved change nothing. A counter
  * never goes below 0. Non-finite or negative actual values are taken as 0.
+ * actual has t->n values. The ticket itself is the caller's: settling one
+ * ticket from two threads at once needs the caller's own lock.
  */
 void gw_limit_settle(gw_limiter *l, gw_limit_ticket *t, const double *actual, uint64_t now_ns);
 

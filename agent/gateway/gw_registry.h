@@ -84,8 +84,9 @@ bool gw_registry_get(gw_registry *reg, const op_config *cfg, const char *account
 void gw_gateway_view_release(gw_gateway_view *v);
 /* Every gateway of an account: cfg's in config order, then the API ones by
  * id (skipping any a config one shadows). The views passed to fn are valid
- * only during the call (take none of their pointers beyond it). fn must not
- * call registry writers (the read lock is held). */
+ * only during the call (take none of their pointers beyond it). fn runs
+ * under the registry's read lock: it must not call the registry (a writer
+ * would deadlock) and should be quick. */
 void gw_registry_each(gw_registry *reg, const op_config *cfg, const char *account,
                       void (*fn)(const gw_gateway_view *v, void *ctx), void *ctx);
 /* Number of API gateways (all accounts), for tests and metrics. */

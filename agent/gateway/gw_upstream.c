@@ -89,6 +89,7 @@ struct gw_upstream_call {
     gw_slot *slot;
     gw_timer fb;
     bool running, finished, head_sent, sent;
+    bool heard;              /* a response line arrived */
     int fail;
     int status;
 
@@ -757,6 +758,7 @@ static size_t on_header_line(char *buf, size_t size, size_t nitems, void *ud)
     size_t len = size * nitems;
     if (atomic_load_explicit(&c->cancel, memory_order_relaxed))
         return 0;
+    c->heard = true;
     if (c->head_sent)
         return len;   /* trailers */
     if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
@@ -871,8 +873,14 @@ static int setup_easy(gw_loop *L, gw_upstream_call *c, CURL *e)
     SET(CURLOPT_TCP_NODELAY, 1L);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
-    SET(CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
+    /* The budget runs from gw_upstream_start; curl counts from now. */
+    long waited = (long)((pl_time_mono_ns() - c->start_ns) / 1000000u);
+    long total = c->timeout_ms, connect = c->connect_timeout_ms;
+    if (total)
+        total = total > waited ? total - waited : 1;
+    connect = connect > waited ? connect - waited : 1;
+    SET(CURLOPT_CONNECTTIMEOUT_MS, connect);
+    SET(CURLOPT_TIMEOUT_MS, total);
     SET(CURLOPT_HTTPHEADER, c->hdrs);
     SET(CURLOPT_HEADERFUNCTION, on_header_line);
     SET(CURLOPT_HEADERDATA, (void *)c);
@@ -933,7 +941,7 @@ static void begin(gw_loop *L, gw_upstream_call *c)
     }
 }
 
-static gw_up_err map_curl(CURLcode rc, bool sent)
+static gw_up_err map_curl(CURLcode rc, bool sent, bool heard)
 {
     switch (rc) {
     case CURLE_OK:
@@ -980,7 +988,10 @@ static gw_up_err map_curl(CURLcode rc, bool sent)
     case CURLE_ABORTED_BY_CALLBACK:
         return GW_UP_ABORTED;
     default:
-        return GW_UP_INTERNAL;
+        /* curl refuses some malformed heads with odd codes (a header line
+         * starting with a NUL byte gives CURLE_BAD_FUNCTION_ARGUMENT): once
+         * the upstream has answered, its answer is the likelier culprit. */
+        return heard ? GW_UP_PROTOCOL : GW_UP_INTERNAL;
     }
 }
 
@@ -1011,11 +1022,14 @@ static void complete(gw_loop *L, gw_upstream_call *c, CURLcode rc)
         finish(L, c, GW_UP_OK, "ok");
         return;
     }
-    gw_up_err e = map_curl(rc, c->sent);
+    gw_up_err e = map_curl(rc, c->sent, c->heard);
     const char *why = c->slot->errbuf[0] ? c->slot->errbuf : curl_easy_strerror(rc);
-    finish(L, c, e,
-           call_msg(L, c, "%s%s", why,
-                    e == GW_UP_CONNECT && rc == CURLE_OPERATION_TIMEDOUT ? " (while connecting)" : ""));
+    const char *ctx = "";
+    if (e == GW_UP_CONNECT && rc == CURLE_OPERATION_TIMEDOUT)
+        ctx = " (while connecting)";
+    else if (c->heard && !c->head_sent)
+        ctx = " (in the response head)";
+    finish(L, c, e, call_msg(L, c, "%s%s", why, ctx));
 }
 
 static void drain_messages(gw_loop *L)
@@ -1324,6 +1338,12 @@ void gw_upstream_free(gw_upstream *u)
 {
     if (!u)
         return;
+    if (tl_loop && tl_loop->u == u) {
+        /* It would join the thread it runs on. */
+        PL_LOG_ERROR("upstream.free_from_callback", "error",
+                     "gw_upstream_free called from a gw_upstream callback");
+        abort();
+    }
     atomic_store_explicit(&u->shutting_down, true, memory_order_release);
     for (int i = 0; u->loops && i < u->n_loops; i++) {
         gw_loop *L = &u->loops[i];

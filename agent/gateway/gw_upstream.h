@@ -37,7 +37,7 @@
  *   callbacks included. All callbacks of one call run on one loop thread and
  *   never overlap; callbacks must not block (they hold up every call on that
  *   loop). gw_upstream_free must not be called from a callback (it joins the
- *   loop threads). gw_upstream_cancel on a call whose on_done has run is a
+ *   loop threads: it logs and aborts instead of deadlocking). gw_upstream_cancel on a call whose on_done has run is a
  *   no-op, so it is also safe after gw_upstream_free (which finishes every
  *   call); gw_upstream_release is always safe.
  *

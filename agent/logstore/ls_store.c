@@ -570,7 +570,8 @@ static int recover(ls_store *s, uint64_t *max_no, bool *have_id, char *err, size
         free(nos);
         return rc;
     }
-    qsort(nos, n, sizeof *nos, cmp_u64);
+    if (n > 1)
+        qsort(nos, n, sizeof *nos, cmp_u64);
     for (size_t i = 0; i < n && rc == 0; i++) {
         bool last = i + 1 == n;
         char name[LS_SEG_NAME_LEN + 1];
@@ -1772,7 +1773,8 @@ static int carry_forward(ls_store *s, ls_seg *g)
     ls_patch *patches = NULL;
     size_t npatch = 0;
     rangevec ranges = {0};
-    qsort(c.patches.v, c.patches.n, sizeof(uint64_t), cmp_u64);
+    if (c.patches.n > 1)
+        qsort(c.patches.v, c.patches.n, sizeof(uint64_t), cmp_u64);
     if (c.patches.n)
         patches = malloc(c.patches.n * sizeof *patches);
     if (c.patches.n && !patches)
@@ -2122,6 +2124,13 @@ void ls_stats_get(ls_store *s, ls_stats *st)
     st->records_live = s->live;
     st->bytes_on_disk = s->bytes;
     st->segments = (uint32_t)s->nseg;
+    uint64_t mem = s->sums.cap * sizeof(ls_cref) + (uint64_t)s->all.nb * sizeof(ls_blk);
+    for (size_t i = 0; i < s->sums.n; i++)
+        if (s->sums.v[i].c)
+            mem += sizeof(ls_chunk) + (uint64_t)s->sums.v[i].c->meta_cap * sizeof(uint32_t);
+    for (uint32_t i = 0; i < s->nag; i++)
+        mem += sizeof(ls_ag) + (uint64_t)s->ags[i]->ix.nb * sizeof(ls_blk);
+    st->memory_bytes = mem;
     pthread_rwlock_unlock(&s->lk);
     pthread_mutex_lock(&s->pmu);
     st->pending_records = (uint64_t)s->fill_n + s->flight_n;

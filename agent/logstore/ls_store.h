@@ -313,6 +313,7 @@ typedef struct ls_stats {
     uint64_t corrupt_skipped;      /* bad regions skipped at open (each >= 1 record) */
     uint64_t truncated_bytes;      /* torn tail cut from the last segment at open */
     uint64_t durable_seq;          /* every seq <= this is durable and visible */
+    uint64_t memory_bytes;         /* summaries, metadata pairs and index blocks */
     uint64_t last_commit_ns;       /* write + fdatasync of the last group */
     bool failed;                   /* the store failed closed (see Failure) */
 } ls_stats;

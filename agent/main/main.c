@@ -22,6 +22,7 @@
 
 #include "api/op_api.h"
 #include "config/op_config.h"
+#include "gateway/gw_gateway.h"
 #include "http/op_http.h"
 #include "metrics/op_metrics.h"
 #include "platform/pl_file.h"
@@ -151,6 +152,7 @@ static void reload(const char *path, const char *listen_override)
         return;
     }
     op_runtime_publish(rt);
+    gw_service_configure(rt->cfg);
     char ms[32];
     snprintf(ms, sizeof ms, "%.1f", (double)(pl_time_mono_ns() - t0) / 1e6);
     PL_LOG_INFO("reload.done", "duration_ms", ms);
@@ -160,7 +162,8 @@ static void wait_in_flight(op_http_server *srv, int grace_s)
 {
     uint64_t deadline = pl_time_mono_ns() + (uint64_t)grace_s * 1000000000ull;
     struct timespec tick = {0, 20 * 1000 * 1000};
-    while ((op_http_server_in_flight(srv) > 0 || op_api_in_flight() > 0) &&
+    while ((op_http_server_in_flight(srv) > 0 || op_api_in_flight() > 0 ||
+            gw_svc_in_flight() > 0) &&
            pl_time_mono_ns() < deadline)
         nanosleep(&tick, NULL);
     if (op_api_in_flight() > 0) {
@@ -248,6 +251,15 @@ int main(int argc, char **argv)
         return 2;
     }
     op_runtime_publish(rt);
+        {
+        op_runtime *g0 = op_runtime_acquire();
+        int grc = gw_service_start(g0->cfg, err, sizeof err);
+        op_runtime_release(g0);
+        if (grc != 0) {
+            PL_LOG_ERROR("startup.failed", "reason", "cannot start the AI gateway", "error", err);
+            return 1;
+        }
+    }
     if (op_api_start() != 0) {
         PL_LOG_ERROR("startup.failed", "reason", "cannot start the API watchdog");
         return 1;
@@ -290,6 +302,9 @@ int main(int argc, char **argv)
         op_runtime_release(cur);
     }
     wait_in_flight(srv, grace);
+    /* Ends gateway calls still running (they answer), then flushes the
+     * request logs durably. */
+    gw_service_stop();
     op_http_server_stop(srv);
     op_api_stop();
     op_runtime_publish(NULL);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "api/op_api.h"
@@ -416,6 +417,42 @@ Test(gw_admin, gateway_errors)
                      OP_API_ERR_METHOD);
         resp_free(&r);
     }
+}
+
+Test(gw_admin, gateway_write_failure_and_cap)
+{
+    /* A directory where the gateway's temp file must go: the write fails,
+     * the API says so, and nothing is created. */
+    char p[600];
+    snprintf(p, sizeof p, "%s/gateways/" ACCT ".blocked.json.tmp", F.dir);
+    cr_assert_eq(mkdir(p, 0750), 0);
+    expect_error("POST", "/gateways", "{\"id\":\"blocked\"}", 500, GW_ADMIN_ERR_STORE,
+                 "cannot save gateway");
+    expect_error("GET", "/gateways/blocked", NULL, 404, GW_ADMIN_ERR_NO_GATEWAY, "blocked");
+
+    /* The per-account cap. The gateways are written as files and loaded
+     * (a thousand fsync'ed creations would make the test slow). */
+    char gdir[600];
+    snprintf(gdir, sizeof gdir, "%s/gateways", F.dir);
+    for (int i = 0; i < GW_API_GATEWAYS_PER_ACCOUNT_MAX; i++) {
+        char name[64], text[256];
+        snprintf(name, sizeof name, ACCT ".g%04d.json", i);
+        snprintf(text, sizeof text,
+                 "{\"format\":1,\"account\":\"" ACCT "\",\"id\":\"g%04d\","
+                 "\"created_ms\":1,\"modified_ms\":1}",
+                 i);
+        free(ts_write_file(gdir, name, text));
+    }
+    gw_registry_close(F.reg);
+    open_registry();
+    cr_assert_eq(gw_registry_api_count(F.reg), GW_API_GATEWAYS_PER_ACCOUNT_MAX);
+    expect_error("POST", "/gateways", "{\"id\":\"one-more\"}", 409, GW_ADMIN_ERR_TOO_MANY,
+                 "most gateways");
+    resp r = call("GET", "/gateways?per_page=1000&page=2", NULL);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(info_int(&r, "total_count"), GW_API_GATEWAYS_PER_ACCOUNT_MAX + 1);
+    cr_assert_eq(json_array_size(result(&r)), 1);
+    resp_free(&r);
 }
 
 /* ---- logs ---------------------------------------------------------------- */
@@ -835,6 +872,9 @@ Test(gw_admin, export_larger_than_the_buffer)
         lines += r.raw.body[i] == '\n';
     cr_assert_eq(lines, 600);
     resp_free(&r);
+    /* The thread finishes just after the last byte leaves. */
+    for (int i = 0; i < 200 && gw_admin_exports_in_flight() > 0; i++)
+        usleep(5000);
     cr_assert_eq(gw_admin_exports_in_flight(), 0);
 }
 

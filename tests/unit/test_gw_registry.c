@@ -15,6 +15,7 @@
 
 #include "gateway/gw_registry.h"
 #include "platform/pl_log.h"
+#include "platform/pl_time.h"
 #include "test_support.h"
 
 /* A config with two gateways of account "acme", built by hand: the test
@@ -596,6 +597,40 @@ Test(gw_registry, lookups_race_updates)
     cr_assert_eq(atomic_load(&r.bad), 0);
     cr_assert_gt(atomic_load(&r.lookups), 100);
     gw_registry_close(r.reg);
+    ts_tmpdir_remove(dir);
+    free(dir);
+}
+
+/* The hot path: one lookup per gateway request. Bound loose enough for
+ * sanitizer builds; the release figure is printed (--verbose). */
+Test(gw_registry, lookup_cost)
+{
+    char *dir = ts_tmpdir();
+    test_cfg t;
+    test_cfg_init(&t);
+    gw_registry *reg = open_reg(dir);
+    op_config_gateway s = settings(1, 100);
+    char err[256];
+    for (int i = 0; i < 500; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "gw%03d", i);
+        cr_assert_eq(gw_registry_create(reg, NULL, "acme", id, &s, NULL, err, sizeof err), 0);
+    }
+    const int n = 200000;
+    uint64_t t0 = pl_time_mono_ns();
+    int hits = 0;
+    for (int i = 0; i < n; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "gw%03d", i % 500);
+        gw_gateway_view v;
+        hits += gw_registry_get(reg, &t.cfg, "acme", id, &v);
+        gw_gateway_view_release(&v);
+    }
+    double ns = (double)(pl_time_mono_ns() - t0) / n;
+    cr_assert_eq(hits, n);
+    cr_log_info("gw_registry_get: %.0f ns per lookup+release (500 API gateways, 2 config)", ns);
+    cr_assert_lt(ns, 5000.0);
+    gw_registry_close(reg);
     ts_tmpdir_remove(dir);
     free(dir);
 }

@@ -141,6 +141,69 @@ static bool path_is(const char *target, const char *path)
     return strncmp(target, path, n) == 0 && (target[n] == '\0' || target[n] == '?');
 }
 
+static unsigned rnd(unsigned *st)
+{
+    *st = *st * 1103515245u + 12345u;
+    return (*st >> 16) & 0x7fff;
+}
+
+/* A response made of plausible and broken pieces: odd status lines, lines
+ * without colons, control bytes, folding, 1xx heads, bad chunk sizes, long
+ * lines, random bytes; cut anywhere. */
+static void fuzz_reply(int fd, unsigned seed)
+{
+    static const char *const status[] = {"HTTP/1.1 200 OK", "HTTP/1.1 103 Early", "HTTP/1.0 204 x",
+                                         "HTTP/1.1 999 Odd", "HTTP/1.1 abc", "HTTP/1.1 20",
+                                         "HTTP/2 200", "HTTP/1.1 100 Continue", "HTTP/1.1 2000 no"};
+    static const char *const lines[] = {
+        "Content-Type: text/plain", "X-A: b", "NoColonHere", ": empty name", "X-Fold: a",
+        "  folded continuation", "\tfolded tab", "Transfer-Encoding: chunked",
+        "Content-Length: 5", "Content-Length: -1", "Content-Length: 99999999999999999999",
+        "X-Ctl: \x01\x02\x7f", "X-Long: ", "Content-Encoding: gzip", "Connection: close", ""};
+    unsigned st = seed * 2654435761u + 1;
+    size_t cap = 128 * 1024, n = 0;
+    char *b = malloc(cap);
+#define PUT(str, len)                                        \
+    do {                                                     \
+        size_t l_ = (len);                                   \
+        if (n + l_ < cap) {                                  \
+            memcpy(b + n, (str), l_);                        \
+            n += l_;                                         \
+        }                                                    \
+    } while (0)
+    int heads = 1 + (int)(rnd(&st) % 2);
+    for (int hd = 0; hd < heads; hd++) {
+        const char *sl = status[rnd(&st) % (sizeof status / sizeof status[0])];
+        PUT(sl, strlen(sl));
+        PUT("\r\n", 2);
+        int k = (int)(rnd(&st) % 12);
+        for (int i = 0; i < k; i++) {
+            const char *l = lines[rnd(&st) % (sizeof lines / sizeof lines[0])];
+            PUT(l, strlen(l));
+            if (strcmp(l, "X-Long: ") == 0)
+                for (int j = (int)(rnd(&st) % 70000); j > 0; j--)
+                    PUT("v", 1);
+            static const char *const eol[] = {"\r\n", "\r\n", "\r\n", "\r\n", "\n", "\n\0"};
+            static const size_t eol_len[] = {2, 2, 2, 2, 1, 2};   /* the last: a NUL byte */
+            unsigned e = rnd(&st) % 6;
+            PUT(eol[e], eol_len[e]);
+        }
+        PUT("\r\n", 2);
+    }
+    int body = (int)(rnd(&st) % 4);
+    static const char bad_chunks[] = "5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n";
+    if (body == 1)
+        PUT(bad_chunks, sizeof bad_chunks - 1);
+    for (int i = body == 2 ? (int)(rnd(&st) % 300) : 0; i > 0; i--) {
+        char ch = (char)rnd(&st);
+        PUT(&ch, 1);
+    }
+#undef PUT
+    size_t cut = rnd(&st) % 4 == 0 ? rnd(&st) % (n + 1) : n;
+    send_all(fd, b, cut);
+    free(b);
+}
+
 /* Answers one request; returns whether the connection stays open. */
 static bool route(srv *s, int fd, const char *method, const char *target, const char *head,
                   size_t head_len, const char *body, size_t body_len)
@@ -209,6 +272,16 @@ static bool route(srv *s, int fd, const char *method, const char *target, const 
             off += k;
         }
         return true;
+    }
+    if (path_is(target, "/then-close")) {
+        /* Keep-alive as far as the client can tell, then an idle close. */
+        send_str(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        nap(s, fd, 50);
+        return false;
+    }
+    if (path_is(target, "/fuzz")) {
+        fuzz_reply(fd, (unsigned)qint(target, "seed=", 1));
+        return false;
     }
     if (path_is(target, "/interim"))
         return send_str(fd, "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
@@ -722,6 +795,56 @@ Test(gw_upstream, odd_heads_interim_folded_and_too_many)
     srv_stop(s);
 }
 
+Test(gw_upstream, idle_close_by_the_server_is_survived)
+{
+    srv *s = srv_start();
+    gw_upstream *u = client(1, 0, NULL);
+    rec a;
+    rec_init(&a);
+    cr_assert_eq(get(u, url(s, "/then-close"), &a), GW_UP_OK, "%s", a.msg);
+    rec_fini(&a);
+    usleep(200000);   /* the server has closed the kept connection */
+    rec b;
+    rec_init(&b);
+    cr_assert_eq(get(u, url(s, "/echo"), &b), GW_UP_OK, "%s: %s", gw_up_err_name(b.err), b.msg);
+    rec_fini(&b);
+    cr_assert_eq(atomic_load(&s->accepted), 2);
+    gw_upstream_free(u);
+    srv_stop(s);
+}
+
+/* Broken responses end in exactly one on_done each, never a crash (ASan
+ * build), and leave the client working. */
+Test(gw_upstream, garbled_responses)
+{
+    srv *s = srv_start();
+    gw_upstream *u = client(1, 0, NULL);
+    int by_err[8] = {0};
+    for (int seed = 1; seed <= 300; seed++) {
+        rec r;
+        rec_init(&r);
+        char path[64];
+        snprintf(path, sizeof path, "/fuzz?seed=%d", seed);
+        gw_upstream_req q = {.method = "GET", .url = url(s, path), .timeout_ms = 5000};
+        gw_upstream_release(start(u, &q, &r));
+        rec_wait(&r, 10000);
+        cr_assert(r.err >= GW_UP_OK && r.err <= GW_UP_INTERNAL);
+        cr_assert(r.err == GW_UP_OK || r.err == GW_UP_PROTOCOL, "seed %d: %s: %s", seed,
+                  gw_up_err_name(r.err), r.msg);
+        cr_assert_leq(r.n_head, 1);
+        by_err[r.err]++;
+        rec_fini(&r);
+    }
+    cr_assert_gt(by_err[GW_UP_PROTOCOL], 0);
+    cr_assert_gt(by_err[GW_UP_OK], 0);
+    rec ok;
+    rec_init(&ok);
+    cr_assert_eq(get(u, url(s, "/echo"), &ok), GW_UP_OK, "%s", ok.msg);
+    rec_fini(&ok);
+    gw_upstream_free(u);
+    srv_stop(s);
+}
+
 Test(gw_upstream, big_body_in_pieces)
 {
     srv *s = srv_start();
@@ -753,14 +876,16 @@ Test(gw_upstream, chunks_arrive_while_the_server_is_still_sending)
     cr_assert_eq(get(u, url(s, path), &r), GW_UP_OK, "%s", r.msg);
     cr_assert_str_eq(r.body, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n");
     cr_assert_str_eq(r.ctype, "text/event-stream");
-    cr_assert_eq(r.n_data, n, "one piece per chunk, passed on unbuffered");
+    /* Pieces are passed on as they come: one per chunk, unless a stalled
+     * loop (a loaded machine) finds two in the socket at once. */
+    cr_assert_geq(r.n_data, n - 1, "%d pieces for %d chunks: buffered?", r.n_data, n);
     uint64_t last = atomic_load(&s->last_chunk_ms);
     /* The first event came long before the server sent its last one. */
     cr_assert_lt(r.t_first_data + (uint64_t)(gap * (n - 2)), last,
                  "first data at %llu, server finished at %llu",
                  (unsigned long long)r.t_first_data, (unsigned long long)last);
-    for (int i = 1; i < n; i++)
-        cr_assert_geq(r.t_data[i] - r.t_data[i - 1], (uint64_t)gap / 2, "piece %d came early", i);
+    cr_assert_geq(r.t_data[r.n_data - 1] - r.t_first_data, (uint64_t)(gap * (n - 2)),
+                  "the pieces came together, not as sent");
     cr_assert_leq(r.t_head, r.t_first_data);
     rec_fini(&r);
     gw_upstream_free(u);

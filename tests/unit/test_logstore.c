@@ -7,6 +7,7 @@
  * records carried forward), backpressure, export, errors and stats.
  * Crash and corruption tests: test_logstore_crash.c, test_logstore_corrupt.c.
  */
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 
@@ -1019,6 +1020,79 @@ Test(logstore, stats_and_metrics)
     cr_assert_eq(op_metrics_render(&text, &len), 0);
     cr_assert_not_null(strstr(text, "outpost_logstore_records 0"), "gauges drop at close");
     free(text);
+    ts_tmpdir_remove(dir);
+    free(dir);
+}
+
+/* Past LS_CHUNK records, retention frees whole chunks of summaries: the
+ * indexes drop their entries first, lookups of freed records say ENOENT,
+ * and the store keeps working (appends, lists, feedback, reopen). */
+Test(logstore, retention_frees_summary_chunks)
+{
+    char *dir = ts_tmpdir();
+    ls_opts o;
+    ls_opts_init(&o, dir);
+    o.fsync = false;
+    o.maintenance_interval_ms = 3600000;
+    o.segment_max_bytes = 1 << 20;
+    ls_store *s = tl_open_opts(&o);
+    enum { N = 2 * LS_CHUNK + 3000 };
+    static char first_ids[8][LS_ID_LEN + 1];
+    uint64_t seq = 0;
+    for (int i = 0; i < N; i++) {
+        ls_record r = {0};
+        r.created_ms = T0 + i;
+        r.account = "acct";
+        r.gateway = i % 2 ? "gw0" : "gw1";
+        r.provider = "p";
+        r.model = "m";
+        r.status = 200;
+        int rc;
+        while ((rc = ls_append(s, &r, &seq)) == -EAGAIN)
+            ls_wait(s, seq, 1000);
+        cr_assert_eq(rc, 0);
+        if (i < 8)
+            strcpy(first_ids[i], r.id);
+    }
+    cr_assert_eq(ls_wait(s, seq, 30000), 0);
+    ls_stats st;
+    ls_stats_get(s, &st);
+    uint64_t mem_before = st.memory_bytes;
+    cr_assert_gt(mem_before, 3 * sizeof(ls_chunk));
+    ls_set_retention(s, "acct", "gw0", 100, 0);
+    ls_set_retention(s, "acct", "gw1", 100, 0);
+    cr_assert_eq(ls_maintain(s), 0);
+    ls_stats_get(s, &st);
+    cr_assert_eq(st.records_live, 200);
+    cr_assert_lt(st.memory_bytes, mem_before - 2 * sizeof(ls_chunk), "%" PRIu64 " -> %" PRIu64,
+                 mem_before, st.memory_bytes);
+    json_t *j = NULL;
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(ls_get(s, NULL, NULL, first_ids[i], &j), -ENOENT);
+    cr_assert_eq(ls_feedback(s, NULL, NULL, first_ids[0], 1, NULL), -ENOENT);
+    cr_assert_eq(count_matching(s, "gw0"), 100);
+    char(*ids)[LS_ID_LEN + 1];
+    ls_filter f;
+    ls_filter_init(&f);
+    size_t n = tl_list_all(s, &f, 64, true, &ids);
+    cr_assert_eq(n, 200);
+    cr_assert_eq(ls_feedback(s, NULL, NULL, ids[0], -1, NULL), 0);
+    cr_assert_eq(ls_get(s, NULL, NULL, ids[199], &j), 0);
+    json_decref(j);
+    free(ids);
+    tl_rec t;
+    tl_make(&t, 0, 0);
+    t.r.gateway = "gw0";
+    tl_put(s, &t.r);
+    cr_assert_eq(ls_maintain(s), 0);
+    cr_assert_eq(count_matching(s, "gw0"), 100);
+    ls_close(s);
+    s = tl_open_opts(&o);
+    cr_assert_eq(count_matching(s, "gw0"), 100);
+    cr_assert_eq(count_matching(s, "gw1"), 100);
+    cr_assert_eq(ls_get(s, NULL, NULL, t.r.id, &j), 0);
+    json_decref(j);
+    ls_close(s);
     ts_tmpdir_remove(dir);
     free(dir);
 }
