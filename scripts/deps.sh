@@ -9,6 +9,7 @@ PACKAGES=(
   libmicrohttpd-dev libwslay-dev libcurl4-openssl-dev libssl-dev
   libcriterion-dev dpdk-dev libdpdk-dev libopenblas-dev
   python3 python3-pip python3-venv prometheus wrk
+  libsqlite3-dev
 )
 
 missing=()

@@ -1,7 +1,9 @@
 /*
  * outpostctl: the operator's command-line client.
  *
- *   outpostctl policy test POLICY.lua REQUEST.json [--lib DIR] [--memory BYTES] [--instructions N]
+ *   outpostctl policy test POLICY.lua [MORE.lua ...] REQUEST.json
+ *              [--hook route|limit|on_error|on_response] [--result RESULT.json]
+ *              [--lib DIR] [--memory BYTES] [--instructions N]
  *   outpostctl hash-token TOKEN        (or the token on stdin with "-")
  *   outpostctl version
  *
@@ -20,8 +22,9 @@
 
 static int usage(FILE *f, int rc)
 {
-    fprintf(f, "usage: outpostctl policy test POLICY.lua REQUEST.json [--lib DIR] [--memory BYTES] "
-               "[--instructions N]\n"
+    fprintf(f, "usage: outpostctl policy test POLICY.lua [MORE.lua ...] REQUEST.json\n"
+               "           [--hook route|limit|on_error|on_response] [--result RESULT.json]\n"
+               "           [--lib DIR] [--memory BYTES] [--instructions N]\n"
                "       outpostctl hash-token TOKEN|-\n"
                "       outpostctl version\n");
     return rc;

@@ -83,6 +83,7 @@ typedef struct attempt_ctx {
 } attempt_ctx;
 
 struct gw_exec {
+    struct gw_exec *prev, *next; /* every live exec, for gw_exec_cancel_all */
     pthread_mutex_t mu;
     _Atomic int refs;
     op_runtime *rt;
@@ -108,6 +109,7 @@ struct gw_exec {
     gw_upstream_call *up;
     gw_local_call *loc;
     bool cancelled;
+    bool cancel_all_seen;     /* under g_list_mu */
     bool finished;            /* the sink got end */
     bool sink_begun;
 
@@ -162,6 +164,7 @@ struct gw_exec {
 };
 
 static void exec_unref(gw_exec *e);
+bool gw_exec_try_ref(gw_exec *e);
 static void start_step(gw_exec *e);
 static void start_attempt(gw_exec *e);
 
@@ -1397,13 +1400,6 @@ static void start_attempt(gw_exec *e)
         q = c;
         json_object_set_new(q, "stream_options", json_pack("{s:b}", "include_usage", 1));
     }
-    if (e->collect && e->gw.cfg->log_payloads && !e->log_req) {
-        e->log_req = json_dumps(st->query, JSON_COMPACT | JSON_ENCODE_ANY);
-        e->log_req_len = e->log_req ? strlen(e->log_req) : 0;
-        e->log_req_full = e->log_req_len;
-        if (e->log_req_len > e->gw.cfg->max_payload_bytes)
-            e->log_req_len = e->gw.cfg->max_payload_bytes;
-    }
 
     if (!e->up_cfg) {
         /* A local model: start it with the lock released (it may answer at
@@ -1553,6 +1549,17 @@ static void start_step(gw_exec *e)
             }
             return;
         }
+    }
+
+    /* The record keeps the body of the step that answers (this one, until
+     * another is tried). */
+    if (e->collect && e->gw.cfg->log_payloads) {
+        free(e->log_req);
+        e->log_req = json_dumps(st->query, JSON_COMPACT | JSON_ENCODE_ANY);
+        e->log_req_len = e->log_req ? strlen(e->log_req) : 0;
+        e->log_req_full = e->log_req_len;
+        if (e->log_req_len > e->gw.cfg->max_payload_bytes)
+            e->log_req_len = e->gw.cfg->max_payload_bytes;
     }
 
     /* The cache. */
@@ -1708,6 +1715,31 @@ static bool check_limits(gw_exec *e)
 /* ------------------------------------------------------------------------ */
 
 static _Atomic int g_in_flight;
+static pthread_mutex_t g_list_mu = PTHREAD_MUTEX_INITIALIZER;
+static gw_exec *g_list;
+
+void gw_exec_cancel_all(void)
+{
+    /* Snapshot with references (an exec at zero is being freed: its
+     * removal waits for this lock, so it is skipped safely). */
+    for (;;) {
+        gw_exec *batch[64];
+        size_t n = 0;
+        pthread_mutex_lock(&g_list_mu);
+        for (gw_exec *e = g_list; e && n < 64; e = e->next)
+            if (!e->cancel_all_seen && gw_exec_try_ref(e)) {
+                e->cancel_all_seen = true;
+                batch[n++] = e;
+            }
+        pthread_mutex_unlock(&g_list_mu);
+        if (n == 0)
+            return;
+        for (size_t i = 0; i < n; i++) {
+            gw_exec_cancel(batch[i]);
+            gw_exec_release(batch[i]);
+        }
+    }
+}
 
 int gw_exec_in_flight(void) { return atomic_load(&g_in_flight); }
 
@@ -1715,6 +1747,14 @@ static void exec_unref(gw_exec *e)
 {
     if (atomic_fetch_sub(&e->refs, 1) != 1)
         return;
+    pthread_mutex_lock(&g_list_mu);
+    if (e->prev)
+        e->prev->next = e->next;
+    else if (g_list == e)
+        g_list = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    pthread_mutex_unlock(&g_list_mu);
     if (e->sink.release)
         e->sink.release(e->sink.ctx);
     gw_steps_free(e->steps, e->n_steps);
@@ -1816,6 +1856,12 @@ gw_exec *gw_exec_start(gw_exec_params *p)
     memcpy(e->steps, p->steps, e->n_steps * sizeof *e->steps);
     e->opts = p->opts;
     e->sink = p->sink;
+    pthread_mutex_lock(&g_list_mu);
+    e->next = g_list;
+    if (g_list)
+        g_list->prev = e;
+    g_list = e;
+    pthread_mutex_unlock(&g_list_mu);
     e->t0_ns = pl_time_mono_ns();
     e->created_ms = pl_time_wall_ms();
     e->meta.step = -1;

@@ -148,6 +148,8 @@ void gw_exec_release(gw_exec *e);
  * weak pointer, such as a WebSocket session, checks it this way under the
  * lock that the sink's release also takes). */
 bool gw_exec_try_ref(gw_exec *e);
+/* Cancels every request in flight (shutdown after the grace period). */
+void gw_exec_cancel_all(void);
 /* Requests started and not yet freed. */
 int gw_exec_in_flight(void);
 

@@ -52,6 +52,7 @@ gw_upstream *gw_svc_upstream(void) { return g.upstream; }
 ls_store *gw_svc_logs(void) { return g.logs; }
 gw_registry *gw_svc_registry(void) { return g.registry; }
 int gw_svc_in_flight(void) { return gw_exec_in_flight(); }
+void gw_svc_cancel_all(void) { gw_exec_cancel_all(); }
 
 /* Model names that may be metric label values: configured local models
  * (ids and aliases) and priced models. */
@@ -188,7 +189,15 @@ bool gw_is_gateway_path(const char *path)
             return false;
     char a[80], gw[80];
     const char *rest;
-    return split_gateway_path(path, a, sizeof a, gw, sizeof gw, &rest);
+    if (!split_gateway_path(path, a, sizeof a, gw, sizeof gw, &rest))
+        return false;
+    /* Only a configured account makes it a gateway path: any other
+     * /v1/x/y (an OpenAI route this agent does not serve, such as
+     * /v1/images/generations) stays an OpenAI-shaped 404. */
+    op_runtime *rt = op_runtime_acquire();
+    bool known = rt && op_config_find_account(rt->cfg, a) != NULL;
+    op_runtime_release(rt);
+    return known;
 }
 
 /* The token in "Bearer X" or "X". */

@@ -46,11 +46,13 @@ gw_limiter *gw_svc_limiter(void);
 gw_upstream *gw_svc_upstream(void);
 ls_store *gw_svc_logs(void);
 gw_registry *gw_svc_registry(void);
-/* Gateway requests in flight (for shutdown). */
+/* Gateway requests in flight (for shutdown), and cancelling them all. */
 int gw_svc_in_flight(void);
+void gw_svc_cancel_all(void);
 
 /* True if path (the whole request path) is a gateway route: /v1/{a}/{g}...
- * that is not one of the agent's own OpenAI-compatible routes. */
+ * with a configured account {a}, that is not one of the agent's own
+ * OpenAI-compatible routes. */
 bool gw_is_gateway_path(const char *path);
 /* Answers a gateway route (rt: the request's snapshot, borrowed). */
 void gw_handle(op_http_req *r, op_runtime *rt);

@@ -21,9 +21,10 @@
  * Durability: "acknowledged" = visible = durable
  *   ls_append() only copies the record into an in-memory pending buffer and
  *   returns its seq; it does no I/O on the caller's thread. One committer
- *   thread takes all pending records as one group, writes them with one
- *   pwrite() at the end of the active segment and calls fdatasync() on it
- *   (group commit). It commits a group as soon as either
+ *   thread takes all pending records as one group, writes them at the end
+ *   of the active segment (pwrite; a group over 4 MiB in slices, each handed
+ *   to writeback with sync_file_range as it goes) and calls fdatasync() on
+ *   it (group commit). It commits a group as soon as either
  *     - the oldest pending record has waited commit_interval_us (default
  *       2000 us), or
  *     - commit_max_records are pending (default 4096),
@@ -48,11 +49,13 @@
  * Backpressure
  *   Pending bytes (not yet durable, being written included) never exceed
  *   max_pending_bytes: past it ls_append returns -EAGAIN at once (the record
- *   is not stored; counted as dropped, reason "backpressure").
+ *   is not stored; counted as dropped, reason "backpressure"). Control
+ *   records (feedback, deletes, retention) may use a quarter more, so that
+ *   a flood of logs cannot block them.
  *
  * Recovery (ls_open)
  *   Every byte on disk is untrusted. Each record's magic, length, sequence
- *   (strictly increasing within a segment) and CRC32C (seeded with the
+ *   (strictly increasing across the store) and CRC32C (seeded with the
  *   segment's random salt) are checked. A bad record in the middle of a
  *   segment is skipped (counted in corrupt_skipped, never served) and the
  *   scan resyncs at the next valid record; a bad tail of the last segment
@@ -114,10 +117,11 @@ typedef struct ls_opts {
     uint32_t maintenance_interval_ms; /* 0 = 1000: retention and reclamation passes */
     bool fsync;                    /* true: fdatasync every group (ls_opts_init sets it) */
     /* Optional observer, called on the committer thread after each group is
-     * durable and visible: records and bytes in the group, nanoseconds spent
-     * in pwrite and in fdatasync. Must be quick and must not call the store. */
-    void (*on_commit)(void *ctx, uint32_t records, uint64_t bytes, uint64_t write_ns,
-                      uint64_t sync_ns);
+     * durable and visible: the group's last seq, its records and bytes,
+     * nanoseconds spent in pwrite and in fdatasync. Must be quick and must
+     * not call the store. */
+    void (*on_commit)(void *ctx, uint64_t last_seq, uint32_t records, uint64_t bytes,
+                      uint64_t write_ns, uint64_t sync_ns);
     void *on_commit_ctx;
 } ls_opts;
 
@@ -230,17 +234,20 @@ int ls_wait(ls_store *s, uint64_t seq, int timeout_ms);
 /*
  * Sets feedback (-1, 0, 1) and, if score is not NULL, the score of a record,
  * through a durable patch record: returns once the change is durable and
- * visible. account/gateway NULL = any. Returns 0, -ENOENT, -EINVAL, or an
+ * visible. account/gateway NULL = any. Only a visible record can be patched
+ * (one still pending is -ENOENT). Returns 0, -ENOENT, -EINVAL, or an
  * append/wait error.
  */
 int ls_feedback(ls_store *s, const char *account, const char *gateway, const char *id,
                 int feedback, const double *score);
 
 /*
- * Deletes every record matching f through durable tombstones: they are
- * never served again, also after reopen; disk space comes back when whole
- * segments are dead (maintenance). *n_deleted (may be NULL) receives how
- * many were deleted. Returns 0 or an append/wait error.
+ * Deletes every visible record matching f (NULL = all) through durable
+ * tombstones: they are never served again, also after reopen; disk space
+ * comes back when whole segments are dead (maintenance). Records still
+ * pending when the call starts are not affected. *n_deleted (may be NULL)
+ * receives how many were deleted. Returns 0, -EINVAL, or an append/wait
+ * error (then some may be deleted already).
  */
 int ls_delete(ls_store *s, const ls_filter *f, uint64_t *n_deleted);
 
@@ -283,8 +290,9 @@ int ls_get(ls_store *s, const char *account, const char *gateway, const char *id
  * none that existed when the first page was read is skipped. limit 0 = 50,
  * capped at LS_LIST_MAX. next_cursor receives "" when no more records match.
  * total_matching (may be NULL) receives the number of all matching records
- * (this scans the whole range: cost grows with it). Returns 0, -EINVAL (bad
- * cursor or filter), -EIO, -ENOMEM.
+ * (this scans the whole range: cost grows with it). A record that cannot
+ * be read back or fails its check is left out of the page (and logged).
+ * Returns 0, -EINVAL (bad cursor or filter) or -ENOMEM.
  */
 int ls_list(ls_store *s, const ls_filter *f, const char *cursor, size_t limit, bool ascending,
             json_t **items, char next_cursor[LS_CURSOR_LEN], size_t *total_matching);

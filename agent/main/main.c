@@ -166,11 +166,12 @@ static void wait_in_flight(op_http_server *srv, int grace_s)
             gw_svc_in_flight() > 0) &&
            pl_time_mono_ns() < deadline)
         nanosleep(&tick, NULL);
-    if (op_api_in_flight() > 0) {
+    if (op_api_in_flight() > 0 || gw_svc_in_flight() > 0) {
         PL_LOG_WARN("shutdown.cancel", "reason", "grace period over; cancelling inference");
         op_api_cancel_all();
+        gw_svc_cancel_all();
         uint64_t hard = pl_time_mono_ns() + 5000000000ull;
-        while (op_api_in_flight() > 0 && pl_time_mono_ns() < hard)
+        while ((op_api_in_flight() > 0 || gw_svc_in_flight() > 0) && pl_time_mono_ns() < hard)
             nanosleep(&tick, NULL);
     }
 }

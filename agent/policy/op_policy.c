@@ -1,10 +1,11 @@
 /*
  * op_policy: the Lua 5.4 policy host (see op_policy.h for the contract).
  *
- * Sections: the set (files, refcount) · the sandboxed state (allocator,
- * count hook, environment, require, outpost table) · JSON <-> Lua · the
- * lazy req and result tables · the hook registry and the chain runner · the
- * hooks (route, limit, on_error, on_response) · the offline tester.
+ * Sections: the set (files, refcount) · the sandboxed state (allocator with
+ * small-block lists, count hook, environment, require, outpost table) ·
+ * JSON <-> Lua (a decoder of our own; jansson to encode) · the req and
+ * err/resp tables · the hook registry and result readers · per-thread states
+ * · loading · the chain runner · the hooks · the offline tester.
  */
 #include "policy/op_policy.h"
 
@@ -42,8 +43,8 @@
 #define ALLOC_BYTES_PER_UNIT 64
 #define JSON_MAX_DEPTH 64
 
-/* Fields of req and of err/resp, built on first read (see req_index). The
- * names double as the lookup table each state keeps (name -> id). */
+/* Fields of req and of err/resp, by id (see "The req and err/resp tables").
+ * Each state keeps name -> id tables built from these names. */
 enum {
     RF_MODEL = 1, RF_TASK, RF_ACCOUNT, RF_METHOD, RF_PATH, RF_TOKENS, RF_HEADERS, RF_BODY,
     RF_METADATA, RF_GATEWAY, RF_PROVIDER, RF_ENDPOINT, RF_TOKEN_NAME, RF_MAX_TOKENS, RF_STEP,
@@ -163,11 +164,12 @@ typedef struct small_block {
 } small_block;
 
 /* The C copy of one field of F (see sync_fields). */
+typedef enum { SH_ABSENT = 0, SH_PRESENT, SH_UNKNOWN } shadow_state;
 typedef struct shadow_str {
-    char *s;          /* string fields: the value (cap bytes) */
-    size_t len, cap;
-    long long ival;   /* integer fields */
-    bool present;     /* F holds a value (not nil) */
+    shadow_state state; /* F holds nil, the value copied here, or a value not copied */
+    char *s;            /* string fields: the value (cap bytes) */
+    size_t cap;
+    long long ival;     /* integer fields */
 } shadow_str;
 
 typedef struct vm {
@@ -354,13 +356,13 @@ static void begin_call(vm *v)
 
 /* ---- guards on library functions that loop in C ---- */
 
-/* Calls upvalue 1 with this call's arguments; returns its results. */
+/* Runs the wrapped library function (upvalue 1, a C function without
+ * upvalues of its own) on this call's arguments, in this frame: a direct C
+ * call, not a second Lua call. Returns its result count. */
 static int call_original(lua_State *L)
 {
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    lua_CFunction f = lua_tocfunction(L, lua_upvalueindex(1));
+    return f(L);
 }
 
 /* find, match, gmatch, gsub: refuse giant subjects, charge the scan. */
@@ -721,6 +723,10 @@ static bool jd_number(jdec *d)
      * integer range), and the decimal point is right in any locale. */
     if (lua_stringtonumber(d->L, num) != n + 1)
         return jd_fail(d, "invalid number");
+    if (!lua_isinteger(d->L, -1) && !isfinite(lua_tonumber(d->L, -1))) {
+        lua_pop(d->L, 1);
+        return jd_fail(d, "number out of range");
+    }
     d->p = q;
     return true;
 }
@@ -1332,20 +1338,24 @@ static int setup_state(lua_State *L)
 /* The req and err/resp tables                                              */
 /* ======================================================================== */
 
-/* req. Every policy call gets a fresh, empty req table (what a policy
- * writes into req never reaches another policy) whose metatable's __index is
- * the state's fields table F, which holds the call's scalar fields (model,
- * account, gateway, step, ...): reading req.model is a plain table lookup in
- * the VM, with no C call. sync_fields keeps F in step with the request: it
- * compares each field with a C copy of what F holds and only touches F for
- * fields that changed (between the route and limit calls of one request,
- * nothing does). req.headers, req.body and req.metadata are built on first
- * read by F's own __index (req_tables_index) and kept in F until the chain
- * ends, so the policies of one chain share them (one conversion per chain).
+/* req. Policies get one empty table per state, req, whose metatable makes
+ * it read-only (__newindex raises; a rawset on it is undone by giving the
+ * next chain a fresh one) and whose __index is the state's fields table F,
+ * holding the call's scalar fields (model, account, gateway, step, ...):
+ * reading req.model is a plain table lookup in the VM, with no C call and
+ * nothing allocated per call. sync_fields keeps F in step with the request:
+ * it compares each field with a C copy of what F holds and only touches F
+ * for fields that changed (between the route and limit calls of one
+ * request, nothing does). req.headers, req.body and req.metadata are built
+ * on first read by F's own __index (req_tables_index) and kept in F until
+ * the chain ends, or, when the request has an id, until a call for another
+ * request (or with other sources) comes (drop_tables): one conversion per
+ * chain, or per request.
  *
- * A req table kept past its call reads F: the scalars of the call running
- * (or of the last one, between calls), and the tables only during a call.
- * It never reaches request data that is gone.
+ * Kept past its call, req reads F: the scalars of the call running (or of
+ * the last one, between calls), and the tables only during a call of the
+ * same request. It never reaches request data that is gone: F holds Lua
+ * copies, and the host dereferences v->req only while a call runs.
  *
  * err/resp: one table per call with __index (res_index) building a field on
  * first read and caching it in the table; a table kept past its call is no
@@ -1504,29 +1514,28 @@ static int req_newindex(lua_State *L)
 
 /* ---- keeping F in step with the request ---- */
 
-/* Sets F[f] (F at index fields) to the string val or nil, and its copy. */
+/* Sets F[f] (F at index fields) to the string val or nil, unless its copy
+ * says F holds that already. */
 static void sync_str(vm *v, int fields, int f, const char *val)
 {
     shadow_str *sh = &v->shadow[f];
-    if (val ? sh->present && strcmp(sh->s, val) == 0 : !sh->present)
+    if (val ? sh->state == SH_PRESENT && strcmp(sh->s, val) == 0 : sh->state == SH_ABSENT)
         return;
     size_t len = val ? strlen(val) : 0;
-    if (val && len + 1 > sh->cap) {
-        char *p = realloc(sh->s, len + 1);
-        if (!p) { /* no copy: F gets the value, and is compared afresh next time */
-            sh->present = false;
-            sh->len = (size_t)-1;
-        } else {
-            sh->s = p;
-            sh->cap = len + 1;
+    sh->state = SH_ABSENT;
+    if (val) {
+        sh->state = SH_UNKNOWN; /* without a copy, compared afresh next time */
+        if (len + 1 > sh->cap) {
+            char *p = realloc(sh->s, len + 1);
+            if (p) {
+                sh->s = p;
+                sh->cap = len + 1;
+            }
         }
-    }
-    if (val && len + 1 <= sh->cap) {
-        memcpy(sh->s, val, len + 1);
-        sh->present = true;
-        sh->len = len;
-    } else if (!val) {
-        sh->present = false;
+        if (len + 1 <= sh->cap) {
+            memcpy(sh->s, val, len + 1);
+            sh->state = SH_PRESENT;
+        }
     }
     lua_pushstring(v->L, req_fields[f]);
     if (val)
@@ -1540,9 +1549,9 @@ static void sync_str(vm *v, int fields, int f, const char *val)
 static void sync_int(vm *v, int fields, int f, bool present, long long val)
 {
     shadow_str *sh = &v->shadow[f];
-    if (present == sh->present && (!present || sh->ival == val))
+    if (present ? sh->state == SH_PRESENT && sh->ival == val : sh->state == SH_ABSENT)
         return;
-    sh->present = present;
+    sh->state = present ? SH_PRESENT : SH_ABSENT;
     sh->ival = val;
     lua_pushstring(v->L, req_fields[f]);
     if (present)
@@ -1665,7 +1674,7 @@ static int res_pairs(lua_State *L)
 static void push_call_table(vm *v, int meta_ref, int slot_ref)
 {
     lua_State *L = v->L;
-    lua_createtable(L, 0, 0);
+    lua_createtable(L, 0, 4); /* room for the fields a policy typically reads */
     lua_rawgeti(L, LUA_REGISTRYINDEX, meta_ref);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);

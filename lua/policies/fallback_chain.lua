@@ -58,8 +58,15 @@ function on_response(req, resp)
   local n = resp.body_len
   if n == 0 or n > CONFIG.max_envelope_bytes then return nil end -- a stream, or too big to check
   local body = resp.body
-  -- Cheap test first: only bodies with "success": false are decoded.
-  if not body:find('"success"%s*:%s*false') then return nil end
+  -- Cheap test first (a plain search, then a match where it was found):
+  -- only bodies with "success": false are decoded.
+  local at = 1
+  repeat
+    at = body:find('"success"', at, true)
+    if not at then return nil end
+    local hit = body:find('^"success"%s*:%s*false', at)
+    at = at + 9
+  until hit
   local doc = outpost.json_decode(body)
   if type(doc) == "table" and doc.success == false then
     return outpost.fallback()

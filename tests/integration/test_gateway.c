@@ -8,7 +8,9 @@
  * identical call is a cache HIT, for a stream too; a rate limit admits
  * exactly its limit under concurrent load; logs survive kill -9 and can be
  * filtered and given feedback; a WebSocket client runs two streamed
- * requests at once and gets both, keyed by eventId; gateway authentication.
+ * requests at once and gets both, keyed by eventId; gateway authentication;
+ * a Lua token limit that reserves max_tokens and settles on the real usage;
+ * on_error and on_response policies deciding fail and fallback.
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -639,5 +641,104 @@ Test(gateway, authenticated_gateway_needs_its_token)
     cr_assert(fd >= 0, "%s", status);
     close(fd);
     free(s);
+    env_stop(&e);
+}
+
+static const char POLICY[] =
+    "function limit(req)\n"
+    "  if req.metadata.user then\n"
+    "    return {key = 'tokens:' .. req.metadata.user, unit = 'tokens', limit = 100,\n"
+    "            window = 60}\n"
+    "  end\n"
+    "end\n"
+    "function on_error(req, err)\n"
+    "  if err.status == 500 then return {action = 'fail', status = 502,\n"
+    "                                    message = 'policy says no'} end\n"
+    "end\n"
+    "function on_response(req, resp)\n"
+    "  if resp.body and resp.body:find('upstream', 1, true) and req.metadata.block then\n"
+    "    return {action = 'fallback'}\n"
+    "  end\n"
+    "end\n";
+
+static void env_start_policy(env *e)
+{
+    env_config(e);
+    size_t n = strlen(e->cfg) + 128;
+    char *cfg = malloc(n);
+    snprintf(cfg, n, "%spolicy:\n  files: [\"@DIR@/gw.lua\"]\n", e->cfg);
+    free(e->cfg);
+    e->cfg = cfg;
+    const char *const files[] = {"gw.lua", POLICY, NULL};
+    ts_agent_start_files(&e->a, e->cfg, files);
+}
+
+static long chat_with(env *e, const char *user, int max_tokens, const char *extra_meta)
+{
+    char body[512], meta[160];
+    snprintf(body, sizeof body,
+             "{\"provider\":\"ok\",\"endpoint\":\"chat/completions\",\"query\":"
+             "{\"model\":\"m\",\"max_tokens\":%d,\"messages\":[{\"role\":\"user\","
+             "\"content\":\"hi\"}]}}",
+             max_tokens);
+    snprintf(meta, sizeof meta, "cf-aig-metadata: {\"user\":\"%s\"%s}", user,
+             extra_meta ? extra_meta : "");
+    ts_response r;
+    ts_http(&r, "POST", url(e, "/v1/local/default"), body, (const char *const[]){meta, NULL});
+    long st = r.status;
+    if (st == 429) {
+        char *ra = ts_header(&r, "Retry-After");
+        cr_assert_not_null(ra, "429 without Retry-After");
+        free(ra);
+    }
+    ts_response_free(&r);
+    return st;
+}
+
+Test(gateway, token_limit_reserves_max_tokens_and_settles_on_usage)
+{
+    env e;
+    env_start_policy(&e);
+    /* Each answer uses 10 tokens (the upstream's usage); the budget is 100
+     * a minute. A request reserves its prompt estimate (1) + max_tokens. */
+    cr_assert_eq(chat_with(&e, "ann", 60, NULL), 200); /* 61 reserved, 10 kept */
+    cr_assert_eq(chat_with(&e, "ann", 60, NULL), 200); /* 10 + 61 <= 100: only if settled */
+    cr_assert_eq(chat_with(&e, "ann", 90, NULL), 429); /* 20 + 91 > 100 */
+    cr_assert_eq(chat_with(&e, "ann", 70, NULL), 200); /* 20 + 71 <= 100 */
+    cr_assert_eq(chat_with(&e, "bob", 90, NULL), 200); /* another user's budget */
+    env_stop(&e);
+}
+
+Test(gateway, on_error_and_on_response_policies_decide)
+{
+    env e;
+    env_start_policy(&e);
+    /* on_error: the 500 of the first step fails the request (no fallback). */
+    char *s0 = step("down", CHAT), *s1 = step("ok", CHAT);
+    char body[2048];
+    snprintf(body, sizeof body, "[%s,%s]", s0, s1);
+    ts_response r;
+    ts_http(&r, "POST", url(&e, "/v1/local/default"), body, NULL);
+    cr_assert_eq(r.status, 502, "%ld %s", r.status, r.body);
+    cr_assert(strstr(r.body, "policy says no"), "%s", r.body);
+    ts_response_free(&r);
+    cr_assert_eq(atomic_load(&g_ok_calls), 0);
+    /* on_response: a body the policy refuses falls back to the next step
+     * (here the local model). */
+    char local[512];
+    snprintf(local, sizeof local, "[%s,{\"provider\":\"workers-ai\",\"endpoint\":"
+                                  "\"@local/tiny\",\"query\":{\"prompt\":\"x\","
+                                  "\"max_tokens\":2}}]",
+             s1);
+    ts_http(&r, "POST", url(&e, "/v1/local/default"), local,
+            (const char *const[]){"cf-aig-metadata: {\"block\":true}", NULL});
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    char *st = ts_header(&r, "cf-aig-step");
+    cr_assert_str_eq(st, "1");
+    free(st);
+    cr_assert(strstr(r.body, "\"response\""), "%s", r.body);
+    ts_response_free(&r);
+    free(s0);
+    free(s1);
     env_stop(&e);
 }

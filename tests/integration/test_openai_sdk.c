@@ -3,7 +3,8 @@
  * real outpostd with the echo test plugin, driven by tests/sdk/openai_client.py
  * (chat, chat stream, completions, embeddings, errors as exceptions, model
  * list, unscoped and account-scoped base URLs); and with the bundled models
- * (llama and bert plugins), driven by tests/sdk/openai_real_models.py
+ * (llama and bert plugins), driven by tests/sdk/openai_real_models.py and,
+ * through the AI gateway's compat endpoint, tests/sdk/openai_gateway.py
  * (skipped, saying so, without `make models`).
  *
  * Needs the venv that scripts/pydeps.sh makes (`make test` makes it first);
@@ -87,7 +88,9 @@ Test(openai_sdk, python_sdk_against_the_bundled_models, .timeout = 300)
                        "  - id: \"@local/smollm2-135m-instruct\"\n    plugin: llama\n"
                        "    task: text-generation\n    path: " SMOLLM "\n"
                        "  - id: \"@local/all-minilm-l6-v2\"\n    plugin: bert\n"
-                       "    task: text-embeddings\n    path: " MINILM "\n");
+                       "    task: text-embeddings\n    path: " MINILM "\n"
+                       "gateways:\n  - account: local\n    id: default\n");
     run_sdk_script(python, &a, "openai_real_models.py", "openai_real_models: all checks passed");
+    run_sdk_script(python, &a, "openai_gateway.py", "openai_gateway: all checks passed");
     cr_assert_eq(ts_agent_stop(&a), 0);
 }

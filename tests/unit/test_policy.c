@@ -336,6 +336,28 @@ Test(policy, library_split_is_stable)
     op_policy_set_unref(s);
 }
 
+Test(policy, library_split_new_picks_what_pick_picks)
+{
+    op_policy_set *s = load_ok(
+        "local split = require('outpost.split')\n"
+        "local arms = {{'a', 70}, {'b', 20.5}, {'c', 9.5}, {'d', 0}}\n"
+        "local pick = split.new(arms)\n"
+        "function route(req)\n"
+        "  local same, d = 0, 0\n"
+        "  for i = 1, 500 do local k = 'k' .. i\n"
+        "    local v = pick(k)\n"
+        "    if v == split.pick(k, arms) then same = same + 1 end\n"
+        "    if v == 'd' then d = d + 1 end\n"
+        "  end\n"
+        "  local ok = pcall(split.new, {{'x', 0}})\n"
+        "  return outpost.reject(400, same .. ' ' .. d .. ' ' .. tostring(ok))\n"
+        "end\n");
+    op_route_decision d;
+    cr_assert_eq(run(s, "m", "{}", &d), OP_POLICY_OK, "%s", d.message);
+    cr_assert_str_eq(d.message, "500 0 false");
+    op_policy_set_unref(s);
+}
+
 /* ---- the offline tester and the shipped examples ---- */
 
 static int cli(const char *policy, const char *request, char **out_text)

@@ -139,6 +139,7 @@ Test(policy_json, refuses_what_jansson_refuses_with_a_position)
         {"\"\xe2\x82\"", "invalid UTF-8 in string"},         /* cut short */
         {"[1] [2]", "trailing characters"},
         {"NaN", "invalid number"},
+        {"[1e400]", "number out of range"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char msg[512];
