@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_RUN=10; CONNS=64; RATES=10000; LOAD_CONNS=16; REPS=1; WAIT_QUIET=0
-INSTALL=0; DO_CACHE=1; DO_LOGSTORE=1; OUT=build/gateway_bench.txt; RT=0
+INSTALL=0; DO_CACHE=1; DO_LOGSTORE=1; OUT=build/gateway_bench.txt; RT=0; PERF=
 NCPU=$(nproc)
 if [ "$NCPU" -ge 4 ]; then GW_CPU=1; UP_CPU=2; LOAD_CPU=3; else GW_CPU=0; UP_CPU=0; LOAD_CPU=1; fi
 
@@ -43,6 +43,9 @@ usage: bench/gateway_bench.sh [options]
   --no-cache         skip the cache-hit runs
   --no-logstore      skip build/bench/logstore_bench
   --out FILE         tee everything here (default build/gateway_bench.txt)
+  --perf PREFIX      after the measurements, one more outpostd max-throughput run
+                     (not counted) under perf record (call graphs, dwarf):
+                     PREFIX.data and PREFIX.txt (flat profile by thread and symbol)
   --install          apt-get install nginx-light wrk when missing
 EOF
 }
@@ -61,6 +64,7 @@ while [ $# -gt 0 ]; do
     --no-cache) DO_CACHE=0; shift ;;
     --no-logstore) DO_LOGSTORE=0; shift ;;
     --out) OUT=$2; shift 2 ;;
+    --perf) PERF=$2; shift 2 ;;
     --install) INSTALL=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -97,7 +101,24 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # CPU seconds (user + system, all threads) of a process, from /proc.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"; }
+# The same per thread, summed by thread name: "name=seconds,name=seconds".
+threads_cpu() {
+  python3 - "$1" <<'PY'
+import os, sys
+hz = os.sysconf("SC_CLK_TCK"); tot = {}
+d = f"/proc/{sys.argv[1]}/task"
+for t in os.listdir(d):
+    try:
+        st = open(f"{d}/{t}/stat").read()
+    except OSError:
+        continue
+    name = st[st.index("(") + 1:st.rindex(")")].replace(" ", "_").replace(",", "_").replace("=", "_")
+    f = st[st.rindex(")") + 2:].split()
+    tot[name] = tot.get(name, 0) + (int(f[11]) + int(f[12])) / hz
+print(",".join(f"{k}={v:.3f}" for k, v in sorted(tot.items())))
+PY
+}
 busy_fraction() {  # share of all CPUs busy over 1 s
   local a b
   a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat); sleep 1
@@ -244,7 +265,8 @@ measure() {
   url=$(url_of "$t"); pid=$(pid_of "$t")
   [ "$t" = cache ] && hdr='cf-aig-cache-ttl: 60'
   [ "$t" = outpost ] || [ "$t" = cache ] && l0=$(log_count)
-  c0=$(cpu_s "$pid"); u0=$(cpu_s "$UP_W")
+  c0=$(cpu_s "$pid"); u0=$(cpu_s "$UP_W"); local th0=""
+  [ "$t" = outpost ] || [ "$t" = cache ] && th0=$(threads_cpu "$pid")
   if [ "$kind" = max ]; then
     line=$(GW_BODY="$BODY" GW_HEADERS="$hdr" taskset -c "$LOAD_CPU" \
              wrk -t1 -c"$CONNS" -d"${SECONDS_RUN}s" -s bench/gateway_post.lua "$url" | grep '^wrk_result' | sed 's/^wrk_result //')
@@ -260,7 +282,11 @@ measure() {
   c1=$(cpu_s "$pid"); u1=$(cpu_s "$UP_W")
   line="target=$t kind=$kind rep=$rep $line cpu_s=$(python3 -c "print(round($c1-$c0,3))") up_cpu_s=$(python3 -c "print(round($u1-$u0,3))") load=$(cut -d' ' -f1 /proc/loadavg)"
   if [ "$t" = outpost ] || [ "$t" = cache ]; then
-    l1=$(log_count); line="$line logs=$((l1 - l0))"
+    l1=$(log_count); line="$line logs=$((l1 - l0)) threads_cpu=$(python3 -c '
+import sys
+a = dict(x.split("=") for x in sys.argv[1].split(",") if x)
+b = dict(x.split("=") for x in sys.argv[2].split(",") if x)
+print(",".join(f"{k}:{float(v) - float(a.get(k, 0)):.3f}" for k, v in sorted(b.items())))' "$th0" "$(threads_cpu "$pid")")"
   fi
   echo "$line" | tee -a "$RES"
 }
@@ -280,6 +306,20 @@ for rep in $(seq "$REPS"); do
   done
 done
 
+if [ -n "$PERF" ]; then
+  command -v perf >/dev/null || { echo "perf not installed: no profile (apt-get install linux-perf)"; PERF=""; }
+fi
+if [ -n "$PERF" ]; then
+  perf record -q -F 999 --call-graph dwarf,16384 -o "$PERF.data" -p "$OP_PID" -- sleep "$SECONDS_RUN" 2>/dev/null &
+  perf_pid=$!
+  GW_BODY="$BODY" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SECONDS_RUN}s" -s bench/gateway_post.lua "$OP_URL" \
+    | grep '^wrk_result' | sed 's/^wrk_result /under perf (not counted): /'
+  wait "$perf_pid" || true
+  perf report -i "$PERF.data" --no-children --sort comm,dso,symbol --stdio -g none --percent-limit 0.3 \
+    >"$PERF.txt" 2>/dev/null || true
+  echo "perf: $PERF.data; flat profile by thread and symbol in $PERF.txt"
+fi
+
 # ---- log ingestion: what the gateway wrote ----
 SENT_OP=$(python3 - "$RES" <<'PY'
 import sys
@@ -293,7 +333,7 @@ PY
 )
 TOTAL_LOGS=$(log_count)
 echo "log records in the store: $TOTAL_LOGS (requests counted by the load generators in measured runs: $SENT_OP; warm-up and checks add more)"
-curl -s "http://127.0.0.1:$OP_PORT/metrics" | grep -E '^outpost_(logstore|gateway_log)[a-z_]*(_sum|_count|_total)?[ {]' | head -20 >"$tmp/metrics" || true
+curl -s "http://127.0.0.1:$OP_PORT/metrics" | grep -E '^outpost_(logstore|gateway_log)[a-z_]*(_sum|_count|_total)?[ {]' | grep -v _bucket | head -20 >"$tmp/metrics" || true
 [ -s "$tmp/metrics" ] && { echo "-- outpostd log metrics:"; cat "$tmp/metrics"; }
 echo "outpostd RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$OP_PID/status); data_dir $(du -sh "$tmp/var" | cut -f1)"
 
@@ -340,6 +380,16 @@ if "max" in kinds:
         print(f"| {names[t]} | {f(med(t, 'max', 'rps'))} | {f(med(t, 'max', 'p50_us'))} | "
               f"{f(med(t, 'max', 'p99_us'))} | {f(med(t, 'max', 'errors'))}+{f(med(t, 'max', 'non2xx'))} | "
               f"{f(gw, 1)} | {f(per_req_us(t, 'max', 'up_cpu_s'), 1)} |")
+    for t in ("outpost", "cache"):
+        per = {}
+        for r in rows:
+            if r["target"] == t and r["kind"] == "max" and "threads_cpu" in r:
+                for item in r["threads_cpu"].split(","):
+                    k, v = item.split(":")
+                    per.setdefault(k, []).append(float(v) * 1e6 / float(r["requests"]))
+        if per:
+            print(f"  {names[t]}, CPU µs/req by thread: " +
+                  ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in sorted(per.items()) if statistics.median(v) >= 0.05))
     op, px = med("outpost", "max", "rps"), med("proxy", "max", "rps")
     if op and px:
         print(f"ratio outpost/nginx-proxy requests/s: {op / px:.3f}")
@@ -379,8 +429,10 @@ PY
 # ---- the log store alone: durable logs/s against SQLite ----
 if [ "$DO_LOGSTORE" = 1 ]; then
   if [ -x build/bench/logstore_bench ]; then
-    echo; echo "== build/bench/logstore_bench (log store alone, durable group commit, against SQLite)"
-    taskset -c "$GW_CPU" build/bench/logstore_bench --dir "$tmp/ls" || echo "logstore_bench failed: $?"
+    # The node-wide figure (decision 0010's command): not pinned, 4 appending threads.
+    echo; echo "== build/bench/logstore_bench -n 200000 -t 4 --sync-n 2000 (the log store alone, fdatasync on, against SQLite)"
+    mkdir -p "$tmp/ls"
+    build/bench/logstore_bench -n 200000 -t 4 --sync-n 2000 -d "$tmp/ls" || echo "logstore_bench failed: $?"
   else
     echo "build/bench/logstore_bench not built: no log store figure (cmake --build build --target logstore_bench)"
   fi
