@@ -215,6 +215,7 @@ for u in "http://127.0.0.1:$UP_PORT/" "http://127.0.0.1:$PX_PORT/" "http://127.0
 done
 kill -0 "$OP_PID" 2>/dev/null || { echo "outpostd did not start:"; cat "$tmp/op.log"; exit 1; }
 worker_of() { pgrep -P "$1" | head -1; }
+RSS0=$(awk '/VmRSS/ {print $2, $3}' "/proc/$OP_PID/status")
 UP_W=$(worker_of "$UP_PID"); PX_W=$(worker_of "$PX_PID")
 
 # ---- checks: all three answer the canned completion ----
@@ -335,7 +336,7 @@ TOTAL_LOGS=$(log_count)
 echo "log records in the store: $TOTAL_LOGS (requests counted by the load generators in measured runs: $SENT_OP; warm-up and checks add more)"
 curl -s "http://127.0.0.1:$OP_PORT/metrics" | grep -E '^outpost_(logstore|gateway_log)[a-z_]*(_sum|_count|_total)?[ {]' | grep -v _bucket | head -20 >"$tmp/metrics" || true
 [ -s "$tmp/metrics" ] && { echo "-- outpostd log metrics:"; cat "$tmp/metrics"; }
-echo "outpostd RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$OP_PID/status); data_dir $(du -sh "$tmp/var" | cut -f1)"
+echo "outpostd RSS: $RSS0 at start, $(awk '/VmRSS/ {print $2, $3}' /proc/$OP_PID/status) after the runs; data_dir $(du -sh "$tmp/var" | cut -f1)"
 
 # ---- summary ----
 python3 - "$RES" "$CONNS" "$LOAD_CONNS" "$SECONDS_RUN" <<'PY'
