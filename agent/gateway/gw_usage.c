@@ -144,53 +144,111 @@ static bool read_usage(gw_usage *u, json_t *usage)
     return true;
 }
 
-static bool has_text(json_t *ev)
+bool gw_usage_from_body(gw_usage *u, const char *body, size_t len);
+
+/* True if data has "errors" with at least one entry. */
+static bool nonempty_errors(const char *data, size_t len)
 {
-    json_t *r = json_object_get(ev, "response");
-    if (json_is_string(r) && json_string_length(r) > 0)
-        return true;
-    json_t *choices = json_object_get(ev, "choices");
-    size_t i;
-    json_t *c;
-    json_array_foreach(choices, i, c)
-    {
-        json_t *delta = json_object_get(c, "delta");
-        json_t *content = json_object_get(delta ? delta : c, delta ? "content" : "text");
-        if (json_is_string(content) && json_string_length(content) > 0)
+    const char *end = data + len;
+    const char *p = memmem(data, len, "\"errors\"", 8);
+    if (!p)
+        return false;
+    p += 8;
+    while (p < end && (*p == ' ' || *p == ':'))
+        p++;
+    if (p >= end || *p != '[')
+        return false;
+    p++;
+    while (p < end && *p == ' ')
+        p++;
+    return p < end && *p != ']';
+}
+
+/* True if data has "key":"<at least one character>" (a text field that is
+ * not empty). */
+static bool nonempty_field(const char *data, size_t len, const char *key)
+{
+    size_t kl = strlen(key);
+    const char *end = data + len;
+    for (const char *p = data; (p = memmem(p, (size_t)(end - p), key, kl)); p += kl) {
+        const char *v = p + kl;
+        while (v < end && (*v == ' ' || *v == ':'))
+            v++;
+        if (v + 1 < end && *v == '"' && v[1] != '"')
             return true;
     }
     return false;
 }
 
+/* Stream events are scanned, not parsed: this runs once per generated
+ * token. Only an event that carries a usage object is parsed (that part
+ * only, by gw_usage_from_body). */
 void gw_usage_scan_event(gw_usage *u, const char *data, size_t len)
 {
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         u->done = true;
         return;
     }
-    json_t *ev = json_loadb(data, len, 0, NULL);
-    if (!json_is_object(ev)) {
-        json_decref(ev);
-        return;
-    }
-    if (has_text(ev))
+    if (nonempty_field(data, len, "\"response\"") || nonempty_field(data, len, "\"content\"") ||
+        nonempty_field(data, len, "\"text\""))
         u->text_events++;
-    read_usage(u, json_object_get(ev, "usage"));
-    json_t *errs = json_object_get(ev, "errors");
-    if (json_object_get(ev, "error") || (json_is_array(errs) && json_array_size(errs) > 0))
+    if (memmem(data, len, "\"error\"", 7) || nonempty_errors(data, len))
         u->error_event = true;
-    json_decref(ev);
+    if (memmem(data, len, "\"usage\"", 7))
+        gw_usage_from_body(u, data, len);
 }
 
+/* The end of the JSON object that starts at p[0] == '{' (one past its '}'),
+ * or NULL if it does not end within the buffer. Strings are skipped with
+ * their escapes, so braces inside them do not count. */
+static const char *object_end(const char *p, const char *end)
+{
+    int depth = 0;
+    while (p < end) {
+        char c = *p++;
+        if (c == '"') {
+            while (p < end && *p != '"')
+                p += *p == '\\' ? 2 : 1;
+            if (p >= end)
+                return NULL;
+            p++;
+        } else if (c == '{') {
+            depth++;
+        } else if (c == '}' && --depth == 0) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* Finds the last "usage": {...} member in body without parsing the whole
+ * answer (which can be large: a long completion, or embeddings), and reads
+ * it. A "usage" inside a string value cannot match: quotes inside JSON
+ * strings are escaped. */
 bool gw_usage_from_body(gw_usage *u, const char *body, size_t len)
 {
-    json_t *doc = json_loadb(body, len, 0, NULL);
-    bool ok = false;
-    if (json_is_object(doc)) {
-        ok = read_usage(u, json_object_get(doc, "usage"));
-        if (!ok)
-            ok = read_usage(u, json_object_get(json_object_get(doc, "result"), "usage"));
-    }
-    json_decref(doc);
+    const char *end = body + len;
+    const char *hit = NULL;
+    for (const char *p = body; (p = memmem(p, (size_t)(end - p), "\"usage\"", 7)); p += 7)
+        if (p == body || p[-1] != '\\')
+            hit = p;
+    if (!hit)
+        return false;
+    const char *p = hit + 7;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    if (p >= end || *p != ':')
+        return false;
+    p++;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    if (p >= end || *p != '{')
+        return false;
+    const char *e = object_end(p, end);
+    if (!e)
+        return false;
+    json_t *usage = json_loadb(p, (size_t)(e - p), 0, NULL);
+    bool ok = read_usage(u, usage);
+    json_decref(usage);
     return ok;
 }
