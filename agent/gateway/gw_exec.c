@@ -500,6 +500,7 @@ void gw_steps_free(gw_step *steps, size_t n)
         json_decref(steps[i].headers);
         json_decref(steps[i].query);
         json_decref(steps[i].config);
+        free(steps[i].raw);
         memset(&steps[i], 0, sizeof steps[i]);
     }
 }
@@ -810,7 +811,9 @@ static void hook_texts(gw_exec *e, const char **q, const char **meta)
 {
     if (e->hook_step != e->step) {
         free(e->hook_query);
-        e->hook_query = json_dumps(e->steps[e->step].query, JSON_COMPACT | JSON_ENCODE_ANY);
+        const gw_step *st = &e->steps[e->step];
+        e->hook_query = st->raw ? strndup(st->raw, st->raw_len)
+                                : json_dumps(st->query, JSON_COMPACT | JSON_ENCODE_ANY);
         e->hook_step = e->step;
         if (!e->hook_meta && e->opts.metadata)
             e->hook_meta = json_dumps(e->opts.metadata, JSON_COMPACT);
@@ -1341,9 +1344,11 @@ static const char *step_header(const gw_step *st, const char *name)
 static void compute_key(gw_exec *e, const char *auth)
 {
     const gw_step *st = &e->steps[e->step];
-    char *q = e->opts.cache_key[0]
-                  ? NULL
-                  : json_dumps(st->query, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    /* The body: the client's bytes on pass-through paths, else the step's
+     * query with its keys sorted. */
+    char *q = e->opts.cache_key[0] ? NULL
+              : st->raw            ? strndup(st->raw, st->raw_len)
+                         : json_dumps(st->query, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
     char cred[PL_SHA256_HEX_LEN + 1] = "";
     if (auth)
         pl_sha256_hex(auth, strlen(auth), cred);
@@ -1432,12 +1437,14 @@ static void start_attempt(gw_exec *e)
      * so that streamed requests are counted. */
     json_t *q = json_incref(st->query);
     bool openai_like = !e->up_cfg || e->up_cfg->kind == OP_PROVIDER_OPENAI;
+    bool modified = false;
     if (openai_like && json_is_object(q) && json_is_true(json_object_get(q, "stream")) &&
         json_object_get(q, "messages") && !json_object_get(q, "stream_options")) {
         json_t *c = json_deep_copy(q);
         json_decref(q);
         q = c;
         json_object_set_new(q, "stream_options", json_pack("{s:b}", "include_usage", 1));
+        modified = true;
     }
 
     if (!e->up_cfg) {
@@ -1507,10 +1514,22 @@ static void start_attempt(gw_exec *e)
         if (!hop_by_hop(k) && strcasecmp(k, "content-type") != 0)
             hdrs[nh++] = (gw_header){k, json_string_value(v)};
     }
-    char *body = json_dumps(q, JSON_COMPACT | JSON_ENCODE_ANY);
+    /* Unchanged pass-through bodies go out as the client's bytes: no
+     * serialization on the hot path. */
+    char *body = NULL;
+    const char *out_body;
+    size_t out_len;
+    if (st->raw && !modified) {
+        out_body = st->raw;
+        out_len = st->raw_len;
+    } else {
+        body = json_dumps(q, JSON_COMPACT | JSON_ENCODE_ANY);
+        out_body = body;
+        out_len = body ? strlen(body) : 0;
+    }
     json_decref(q);
     gw_upstream_req req = {.method = "POST", .url = url, .headers = hdrs, .n_headers = nh,
-                           .body = body, .body_len = body ? strlen(body) : 0,
+                           .body = out_body, .body_len = out_len,
                            .timeout_ms = tmo,
                            .connect_timeout_ms = p->connect_timeout_ms};
     gw_upstream_call *call = NULL;
@@ -1588,7 +1607,8 @@ static void start_step(gw_exec *e)
      * another is tried). */
     if (e->collect && e->gw.cfg->log_payloads) {
         free(e->log_req);
-        e->log_req = json_dumps(st->query, JSON_COMPACT | JSON_ENCODE_ANY);
+        e->log_req = st->raw ? strndup(st->raw, st->raw_len)
+                             : json_dumps(st->query, JSON_COMPACT | JSON_ENCODE_ANY);
         e->log_req_len = e->log_req ? strlen(e->log_req) : 0;
         e->log_req_full = e->log_req_len;
         if (e->log_req_len > e->gw.cfg->max_payload_bytes)

@@ -84,6 +84,9 @@ typedef struct gw_step {
     json_t *query;     /* the body sent to the provider */
     json_t *config;    /* per-step options or NULL: requestTimeout, maxAttempts,
                           retryDelay, backoff, cacheTtl, skipCache */
+    char *raw;         /* the query exactly as the client sent it (pass-through
+                          paths), sent upstream as is; NULL: serialize query */
+    size_t raw_len;
 } gw_step;
 
 /* The cf-aig-* request headers, parsed (gw_opts_parse). */

@@ -836,6 +836,14 @@ static int passthrough_step(op_http_req *r, const char *rest, json_t *body, gw_s
     st->provider = strndup(prov, (size_t)(slash - prov));
     st->endpoint = strdup(slash + 1);
     st->query = json_incref(body);
+    size_t blen;
+    const char *btxt = op_http_req_body(r, &blen);
+    st->raw = malloc(blen + 1);
+    if (st->raw) {
+        memcpy(st->raw, btxt, blen);
+        st->raw[blen] = '\0';
+        st->raw_len = blen;
+    }
     /* The request's own headers go upstream (its Authorization for the
      * provider, for instance), less hop-by-hop and gateway headers (the
      * step builder filters those). */
@@ -870,6 +878,9 @@ static int passthrough_step(op_http_req *r, const char *rest, json_t *body, gw_s
         json_object_set_new(q, "model", json_string(ms + 1));
         json_decref(st->query);
         st->query = q;
+        free(st->raw); /* the model changed: the body is serialized again */
+        st->raw = NULL;
+        st->raw_len = 0;
     }
     return 0;
 }
