@@ -10,7 +10,8 @@
  * filtered and given feedback; a WebSocket client runs two streamed
  * requests at once and gets both, keyed by eventId; gateway authentication;
  * a Lua token limit that reserves max_tokens and settles on the real usage;
- * on_error and on_response policies deciding fail and fallback.
+ * on_error and on_response policies deciding fail and fallback; identical
+ * requests coalesced; clients hanging up mid-stream.
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -23,6 +24,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "http/op_http.h"
 #include "platform/pl_hash.h"
@@ -798,6 +802,63 @@ Test(gateway, identical_requests_in_flight_are_coalesced_into_one_upstream_call)
     cr_assert_eq(atomic_load(&g_ok_calls), 1, "upstream called %d times",
                  atomic_load(&g_ok_calls));
     cr_assert_eq(hits, 3);
+    free(s);
+    env_stop(&e);
+}
+
+/* Sends a streamed gateway request on a raw socket, reads until the stream
+ * has begun, and hangs up. */
+static void start_and_hang_up(env *e, const char *body)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)e->a.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    char req[2048];
+    int n = snprintf(req, sizeof req,
+                     "POST /v1/local/default HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                     strlen(body), body);
+    cr_assert_eq(send(fd, req, (size_t)n, 0), n);
+    char buf[4096];
+    size_t got = 0;
+    while (got < sizeof buf - 1) {
+        ssize_t k = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+        cr_assert(k > 0, "the stream did not start");
+        got += (size_t)k;
+        buf[got] = '\0';
+        if (strstr(buf, "data: "))
+            break;
+    }
+    cr_assert(strstr(buf, " 200 "), "%s", buf);
+    close(fd);
+}
+
+Test(gateway, a_client_that_hangs_up_mid_stream_is_logged_and_frees_its_calls)
+{
+    env e;
+    env_start(&e);
+    /* An upstream stream (about 60 ms long) and a local model's (4000
+     * tokens: it would run for seconds) are both left mid-way. */
+    char *s = step("ok", CHAT_STREAM);
+    start_and_hang_up(&e, s);
+    start_and_hang_up(&e, "{\"provider\":\"workers-ai\",\"endpoint\":\"@local/tiny\","
+                          "\"query\":{\"prompt\":\"the cat\",\"max_tokens\":900,"
+                          "\"ignore_eos\":true,\"stream\":true}}");
+    /* Both requests are logged as not successful... */
+    json_t *logs = wait_logs(&e, "default", "success=false", 2);
+    json_decref(logs);
+    /* ...and the agent goes on serving, the model included. */
+    ts_response r;
+    ts_http(&r, "POST", url(&e, "/v1/local/default"),
+            "{\"provider\":\"workers-ai\",\"endpoint\":\"@local/tiny\","
+            "\"query\":{\"prompt\":\"x\",\"max_tokens\":2}}",
+            NULL);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    ts_response_free(&r);
+    ts_http(&r, "POST", url(&e, "/v1/local/default"), s, NULL);
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    ts_response_free(&r);
     free(s);
     env_stop(&e);
 }
