@@ -37,6 +37,8 @@
 #define GW_MAX_BACKOFF_MS 60000
 /* Tokens reserved for a request that names no max_tokens. */
 #define GW_DEFAULT_MAX_TOKENS 256
+/* Generated text remembered to resume a cut stream. */
+#define GW_MAX_RESUME_TEXT (256u << 10)
 /* Attempts of one step a policy's "retry" may ask for. */
 #define GW_MAX_POLICY_ATTEMPTS 10
 
@@ -170,6 +172,15 @@ struct gw_exec {
     int answer_status;
     bool success;
     bool stream_cut;
+
+    /* Resuming a stream cut mid-way (see "resumption" below). */
+    buf delivered;            /* generated text passed to the client so far */
+    bool delivered_overflow;  /* more than GW_MAX_RESUME_TEXT: no resumption */
+    bool resuming;            /* this attempt continues a cut stream */
+    bool resume_failed;       /* it did not reproduce what was delivered */
+    size_t resume_matched;    /* bytes of delivered it reproduced so far */
+    gw_sse rsse;              /* its events */
+    int resumes;              /* resumptions so far */
 };
 
 static void exec_unref(gw_exec *e);
@@ -967,9 +978,134 @@ static void apply_decision(gw_exec *e, const op_next_decision *d, bool retryable
 /* provider callbacks                                                        */
 /* ------------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------------ */
+/* resumption                                                                */
+/*                                                                           */
+/* A stream that fails after it began cannot start over: the client has its  */
+/* first part. When the step has attempts left, the gateway calls it again   */
+/* and checks that the new stream reproduces, text for text, what the client */
+/* already has (it does for greedy or seeded requests, and for a provider    */
+/* that replays); the new stream's events are then passed on from the point  */
+/* the first one stopped, the overlapping event cut to its new part. If the  */
+/* text differs, the client's stream ends there, as it would have.           */
+/* ------------------------------------------------------------------------ */
+
+/* The generated text of a stream event: OpenAI chat (choices[0].delta.
+ * content), OpenAI completions (choices[0].text), Workers AI (response).
+ * Returns the JSON string holding it and, for rewriting, its parent and
+ * key; NULL if the event carries none. */
+static json_t *event_text(json_t *ev, json_t **parent, const char **key)
+{
+    json_t *r = json_object_get(ev, "response");
+    if (json_is_string(r)) {
+        *parent = ev;
+        *key = "response";
+        return r;
+    }
+    json_t *c0 = json_array_get(json_object_get(ev, "choices"), 0);
+    json_t *delta = json_object_get(c0, "delta");
+    if (json_is_object(delta) && json_is_string(json_object_get(delta, "content"))) {
+        *parent = delta;
+        *key = "content";
+        return json_object_get(delta, "content");
+    }
+    if (json_is_string(json_object_get(c0, "text"))) {
+        *parent = c0;
+        *key = "text";
+        return json_object_get(c0, "text");
+    }
+    return NULL;
+}
+
+static void remember_text(gw_exec *e, const char *t, size_t n)
+{
+    if (e->delivered_overflow)
+        return;
+    if (!buf_add(&e->delivered, t, n, GW_MAX_RESUME_TEXT))
+        e->delivered_overflow = true;
+}
+
+/* Every event of a stream passed on: usage, and the text delivered. */
 static void on_sse_event(void *ctx, const char *data, size_t len)
 {
-    gw_usage_scan_event(ctx, data, len);
+    gw_exec *e = ctx;
+    gw_usage_scan_event(&e->usage, data, len);
+    if (e->delivered_overflow || (len == 6 && memcmp(data, "[DONE]", 6) == 0))
+        return;
+    json_t *ev = json_loadb(data, len, 0, NULL);
+    json_t *parent;
+    const char *key;
+    json_t *t = ev ? event_text(ev, &parent, &key) : NULL;
+    if (t)
+        remember_text(e, json_string_value(t), json_string_length(t));
+    json_decref(ev);
+}
+
+static int send_event_text(gw_exec *e, const char *data, size_t len)
+{
+    if (sink_data(e, "data: ", 6) != 0 || sink_data(e, data, len) != 0)
+        return -1;
+    return sink_data(e, "\n\n", 2);
+}
+
+/* One event of a resuming attempt. */
+static void resume_event(void *ctx, const char *data, size_t len)
+{
+    gw_exec *e = ctx;
+    if (e->resume_failed)
+        return;
+    gw_usage_scan_event(&e->usage, data, len);
+    bool caught_up = e->resume_matched == e->delivered.len;
+    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        if (caught_up)
+            send_event_text(e, data, len);
+        else
+            e->resume_failed = true; /* ended before reproducing the text */
+        return;
+    }
+    json_t *ev = json_loadb(data, len, 0, NULL);
+    json_t *parent = NULL;
+    const char *key = NULL;
+    json_t *t = ev ? event_text(ev, &parent, &key) : NULL;
+    if (!t) {
+        /* No text (the role chunk, a finish or usage chunk): passed on once
+         * caught up, dropped before (the client had the first stream's). */
+        if (caught_up)
+            send_event_text(e, data, len);
+        json_decref(ev);
+        return;
+    }
+    const char *tx = json_string_value(t);
+    size_t tl = json_string_length(t);
+    size_t left = e->delivered.len - e->resume_matched;
+    const char *want = e->delivered.p ? e->delivered.p + e->resume_matched : "";
+    if (left == 0) {
+        remember_text(e, tx, tl);
+        e->resume_matched = e->delivered.len;
+        send_event_text(e, data, len);
+    } else if (tl <= left) {
+        if (memcmp(tx, want, tl) == 0)
+            e->resume_matched += tl;
+        else
+            e->resume_failed = true;
+    } else if (memcmp(tx, want, left) == 0) {
+        /* The event that crosses the seam: pass on its new part only. */
+        json_t *rest = json_stringn(tx + left, tl - left);
+        if (!rest) {
+            e->resume_failed = true; /* the seam is inside a character */
+        } else {
+            remember_text(e, tx + left, tl - left);
+            json_object_set_new(parent, key, rest);
+            char *out = json_dumps(ev, JSON_COMPACT);
+            if (out)
+                send_event_text(e, out, strlen(out));
+            free(out);
+            e->resume_matched = e->delivered.len;
+        }
+    } else {
+        e->resume_failed = true;
+    }
+    json_decref(ev);
 }
 
 static bool ctype_is_stream(const char *ct)
@@ -1021,7 +1157,7 @@ static int pass_data(gw_exec *e, const char *d, size_t n)
     if (e->flight)
         gw_flight_data(e->flight, d, n);
     if (e->stream)
-        gw_sse_feed(&e->sse, d, n, on_sse_event, &e->usage);
+        gw_sse_feed(&e->sse, d, n, on_sse_event, e);
     return sink_data(e, d, n);
 }
 
@@ -1034,6 +1170,9 @@ static void pass_end(gw_exec *e, bool ok)
         e->usage.tokens_out = e->usage.text_events;
         e->usage.tokens_in = e->tokens_estimate > 0 ? e->tokens_estimate : 0;
     }
+    /* A stream that ended without [DONE] was cut, however it ended. */
+    if (e->stream && !e->usage.done)
+        ok = false;
     bool good = ok && e->status < 400 && !e->usage.error_event;
     if (e->flight) {
         gw_cache_meta m;
@@ -1064,6 +1203,16 @@ static int cb_head(void *ctx, int status, const char *ctype, const gw_header *h,
     e->status = status;
     snprintf(e->ctype, sizeof e->ctype, "%s", ctype ? ctype : "");
     e->stream = ctype_is_stream(ctype) && status < 400;
+    if (e->resuming) {
+        /* The client's stream is open already: only a stream continues it. */
+        int rc = -1;
+        if (e->stream)
+            e->passing = true, rc = 0;
+        else
+            e->resume_failed = true;
+        pthread_mutex_unlock(&e->mu);
+        return rc;
+    }
     if (!e->ttfb_ns)
         e->ttfb_ns = pl_time_mono_ns();
     gw_metrics_upstream_ttfb(e->provider, (double)(pl_time_mono_ns() - e->attempt_t0) / 1e9);
@@ -1095,7 +1244,10 @@ static int cb_data(void *ctx, const char *d, size_t n)
     if (!e)
         return -1;
     int rc = 0;
-    if (e->passing) {
+    if (e->resuming && e->passing) {
+        gw_sse_feed(&e->rsse, d, n, resume_event, e);
+        rc = e->resume_failed || e->cancelled ? -1 : 0;
+    } else if (e->passing) {
         rc = pass_data(e, d, n);
     } else {
         size_t max = e->status >= 400 ? GW_MAX_ERROR_BODY : GW_MAX_BUFFERED_BODY;
@@ -1131,6 +1283,29 @@ static void release_call(gw_exec *e, gw_upstream_call **up, gw_local_call **loc)
     e->loc = NULL;
 }
 
+/* Starts a new attempt that continues the client's cut stream, if the
+ * step has attempts left and the delivered text is known. Under mu. */
+static bool try_resume(gw_exec *e, const char *why)
+{
+    if (e->delivered_overflow || e->attempt >= max_attempts(e))
+        return false;
+    PL_LOG_WARN("gateway.stream_resume", "gateway", e->gw.cfg->id, "provider", e->provider,
+                "reason", why);
+    if (e->flight) {
+        /* Followers had the first part; they end where it ended. */
+        gw_flight_abort(e->flight);
+        e->flight = NULL;
+    }
+    e->resuming = true;
+    e->resume_failed = false;
+    e->resume_matched = 0;
+    e->resumes++;
+    gw_sse_free(&e->rsse);
+    gw_sse_init(&e->rsse, 1u << 20);
+    retry_after(e, backoff_ms(e, e->attempt + 1));
+    return true;
+}
+
 static void cb_done(void *ctx, gw_up_err err, const char *message)
 {
     attempt_ctx *a = ctx;
@@ -1151,12 +1326,19 @@ static void cb_done(void *ctx, gw_up_err err, const char *message)
         message = "the attempt exceeded its request timeout";
     }
 
-    if (e->passing) {
+    bool cut = (e->stream || e->resuming) && (err != GW_UP_OK || !e->usage.done);
+    if ((e->passing || e->resuming) && cut && !e->cancelled && !e->resume_failed &&
+        try_resume(e, message ? message : gw_up_err_name(err))) {
+        /* a new attempt continues the stream */
+    } else if (e->passing || e->resuming) {
         /* The answer was being passed on: a stream (or a whole body) ends. */
-        if (err != GW_UP_OK && e->stream)
+        if (cut)
             PL_LOG_WARN("gateway.stream_cut", "gateway", e->gw.cfg->id, "provider", e->provider,
-                        "reason", message ? message : gw_up_err_name(err));
-        pass_end(e, err == GW_UP_OK);
+                        "reason",
+                        e->resume_failed ? "the retry did not reproduce the delivered text"
+                        : message        ? message
+                                         : gw_up_err_name(err));
+        pass_end(e, err == GW_UP_OK && !e->resume_failed);
     } else if (e->cancelled) {
         answer_error(e, 499, OP_API_ERR_INFERENCE, "client went away");
     } else if (e->has_pending) {
@@ -1280,7 +1462,7 @@ static void fol_data(void *ctx, const char *d, size_t n)
     pthread_mutex_lock(&e->mu);
     if (!e->finished && e->sink_begun) {
         if (e->stream)
-            gw_sse_feed(&e->sse, d, n, on_sse_event, &e->usage);
+            gw_sse_feed(&e->sse, d, n, on_sse_event, e);
         else
             buf_add(&e->body, d, n, GW_MAX_BUFFERED_BODY);
         sink_data(e, d, n);
@@ -1822,6 +2004,8 @@ static void exec_unref(gw_exec *e)
     free(e->log_req);
     free(e->hook_query);
     free(e->hook_meta);
+    buf_free(&e->delivered);
+    gw_sse_free(&e->rsse);
     gw_sse_free(&e->sse);
     pthread_mutex_destroy(&e->mu);
     free(e);

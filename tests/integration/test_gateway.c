@@ -52,19 +52,33 @@ static const char OK_BODY[] =
 typedef struct streamer {
     op_http_req *r;
     bool usage;
+    int cut_after;     /* > 0: end the stream (cleanly, no [DONE]) after this many pieces */
+    int variant;       /* 0: the answer; 1: a different one; 2: the answer in other pieces */
 } streamer;
+
+static _Atomic int g_cut_calls;
 
 static void *stream_main(void *arg)
 {
     streamer *s = arg;
     static const char *const pieces[] = {"Hello", " from", " upstream"};
+    static const char *const others[] = {"Goodbye", " from", " elsewhere"};
+    static const char *const rechunked[] = {"Hello fr", "om up", "stream"};
     op_http_stream_begin(s->r, 200, "text/event-stream");
     for (int i = 0; i < 3; i++) {
+        if (s->cut_after > 0 && i == s->cut_after) {
+            op_http_stream_end(s->r); /* cut: the stream stops without [DONE] */
+            op_http_req_unref(s->r);
+            free(s);
+            return NULL;
+        }
         char ev[256];
         int n = snprintf(ev, sizeof ev,
                          "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":"
                          "[{\"index\":0,\"delta\":{\"content\":\"%s\"}}]}\n\n",
-                         pieces[i]);
+                         s->variant == 1   ? others[i]
+                         : s->variant == 2 ? rechunked[i]
+                                           : pieces[i]);
         op_http_stream_write(s->r, ev, (size_t)n);
         usleep(20000);
     }
@@ -80,24 +94,33 @@ static void *stream_main(void *arg)
     return NULL;
 }
 
+static void answer_stream(op_http_req *r, json_t *j, int cut_after, int variant);
+
 static void answer_ok(op_http_req *r)
 {
     size_t len;
     const char *body = op_http_req_body(r, &len);
     json_t *j = json_loadb(body, len, 0, NULL);
     if (json_is_true(json_object_get(j, "stream"))) {
-        streamer *s = malloc(sizeof *s);
-        s->r = r;
-        s->usage = json_is_true(
-            json_object_get(json_object_get(j, "stream_options"), "include_usage"));
-        op_http_req_ref(r);
-        pthread_t t;
-        pthread_create(&t, NULL, stream_main, s);
-        pthread_detach(t);
+        answer_stream(r, j, 0, 0);
     } else {
         op_http_respond(r, 200, "application/json", OK_BODY, strlen(OK_BODY));
     }
     json_decref(j);
+}
+
+static void answer_stream(op_http_req *r, json_t *j, int cut_after, int variant)
+{
+    streamer *s = calloc(1, sizeof *s);
+    s->r = r;
+    s->usage =
+        json_is_true(json_object_get(json_object_get(j, "stream_options"), "include_usage"));
+    s->cut_after = cut_after;
+    s->variant = variant;
+    op_http_req_ref(r);
+    pthread_t t;
+    pthread_create(&t, NULL, stream_main, s);
+    pthread_detach(t);
 }
 
 static void upstream_handler(op_http_req *r, void *user)
@@ -107,6 +130,16 @@ static void upstream_handler(op_http_req *r, void *user)
     if (strncmp(p, "/ok/", 4) == 0) {
         atomic_fetch_add(&g_ok_calls, 1);
         answer_ok(r);
+    } else if (strncmp(p, "/cut/", 5) == 0 || strncmp(p, "/cutdiff/", 9) == 0) {
+        /* The first call's stream stops after two pieces; later calls
+         * stream the whole answer, cut into other pieces (cutdiff: a
+         * different answer). */
+        int n = atomic_fetch_add(&g_cut_calls, 1);
+        size_t len;
+        const char *body = op_http_req_body(r, &len);
+        json_t *j = json_loadb(body, len, 0, NULL);
+        answer_stream(r, j, n == 0 ? 2 : 0, n == 0 ? 0 : p[4] == 'd' ? 1 : 2);
+        json_decref(j);
     } else if (strncmp(p, "/fail/", 6) == 0) {
         atomic_fetch_add(&g_fail_calls, 1);
         const char *b = "{\"error\":{\"message\":\"upstream down\"}}";
@@ -185,6 +218,8 @@ static void env_config(env *e)
              "      - {name: ok, base_url: \"http://127.0.0.1:%d/ok\", api_key: k1}\n"
              "      - {name: down, base_url: \"http://127.0.0.1:%d/fail\"}\n"
              "      - {name: flaky, base_url: \"http://127.0.0.1:%d/flaky\"}\n"
+             "      - {name: cut, base_url: \"http://127.0.0.1:%d/cut\"}\n"
+             "      - {name: cutdiff, base_url: \"http://127.0.0.1:%d/cutdiff\"}\n"
              "  - account: local\n    id: limited\n"
              "    rate_limit: {limit: 10, window_s: 60}\n"
              "    providers:\n"
@@ -193,7 +228,7 @@ static void env_config(env *e)
              "    tokens: [{name: app, sha256: \"%s\"}]\n"
              "    providers:\n"
              "      - {name: ok, base_url: \"http://127.0.0.1:%d/ok\"}\n",
-             e->dir, model, up, up, up, up, hex, up);
+             e->dir, model, up, up, up, up, up, up, hex, up);
     free(model);
 }
 
@@ -858,6 +893,74 @@ Test(gateway, a_client_that_hangs_up_mid_stream_is_logged_and_frees_its_calls)
     ts_response_free(&r);
     ts_http(&r, "POST", url(&e, "/v1/local/default"), s, NULL);
     cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    ts_response_free(&r);
+    free(s);
+    env_stop(&e);
+}
+
+/* The text of a chat stream's content deltas, concatenated. */
+static void stream_text(const char *body, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    for (const char *p = body; (p = strstr(p, "data: {")); p += 6) {
+        const char *end = strstr(p, "\n\n");
+        json_t *j = json_loadb(p + 6, end ? (size_t)(end - p - 6) : strlen(p + 6), 0, NULL);
+        json_t *c = json_object_get(
+            json_object_get(json_array_get(json_object_get(j, "choices"), 0), "delta"), "content");
+        if (json_is_string(c) && strlen(out) + json_string_length(c) < outlen)
+            strcat(out, json_string_value(c));
+        json_decref(j);
+    }
+}
+
+Test(gateway, a_stream_cut_mid_way_is_resumed_when_the_retry_reproduces_it)
+{
+    env e;
+    env_start(&e);
+    char *s = step("cut", CHAT_STREAM);
+    ts_response r;
+    ts_http(&r, "POST", url(&e, "/v1/local/default"), s,
+            (const char *const[]){"cf-aig-max-attempts: 2", "cf-aig-retry-delay: 10", NULL});
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    char text[256];
+    stream_text(r.body, text, sizeof text);
+    /* The client saw the answer once, whole, and the stream's end. */
+    cr_assert_str_eq(text, "Hello from upstream", "%s", r.body);
+    cr_assert(strstr(r.body, "data: [DONE]"), "%s", r.body);
+    ts_response_free(&r);
+    cr_assert_eq(atomic_load(&g_cut_calls), 2);
+    json_t *logs = wait_logs(&e, "default", "provider=cut", 1);
+    json_t *rec = json_array_get(logs, 0);
+    cr_assert(json_is_true(json_object_get(rec, "success")), "%s", json_dumps(rec, 0));
+    cr_assert_eq(json_integer_value(json_object_get(rec, "attempts")), 2);
+    json_decref(logs);
+    free(s);
+    env_stop(&e);
+}
+
+Test(gateway, a_cut_stream_whose_retry_differs_ends_where_it_was_cut)
+{
+    env e;
+    env_start(&e);
+    char *s = step("cutdiff", CHAT_STREAM);
+    ts_response r;
+    ts_http(&r, "POST", url(&e, "/v1/local/default"), s,
+            (const char *const[]){"cf-aig-max-attempts: 2", "cf-aig-retry-delay: 10", NULL});
+    cr_assert_eq(r.status, 200, "%ld %s", r.status, r.body);
+    char text[256];
+    stream_text(r.body, text, sizeof text);
+    cr_assert_str_eq(text, "Hello from", "%s", r.body); /* nothing spliced on */
+    cr_assert_null(strstr(r.body, "data: [DONE]"), "%s", r.body);
+    ts_response_free(&r);
+    json_t *logs = wait_logs(&e, "default", "provider=cutdiff", 1);
+    cr_assert(json_is_false(json_object_get(json_array_get(logs, 0), "success")));
+    json_decref(logs);
+    /* Without attempts left, a cut stream is not retried at all. */
+    atomic_store(&g_cut_calls, 0);
+    ts_http(&r, "POST", url(&e, "/v1/local/default"), s, NULL);
+    stream_text(r.body, text, sizeof text);
+    cr_assert_str_eq(text, "Hello from", "%s", r.body);
+    cr_assert_eq(atomic_load(&g_cut_calls), 1);
     ts_response_free(&r);
     free(s);
     env_stop(&e);
