@@ -1,16 +1,45 @@
 /*
  * vx_dist: the scalar kernels and the dispatch. See vx_dist.h. The SIMD
- * tiers live in vx_dist_simd.c (compiled with target attributes, chosen at
- * run time); until they are, every tier is the scalar one.
+ * tiers live in vx_dist_simd.c (compiled with target attributes).
+ *
+ * Dispatch: the tier is picked once (pthread_once) from CPUID and
+ * OUTPOST_VX_KERNELS, and the three kernels of that tier are stored in
+ * atomic function pointers read with relaxed loads (a plain load on x86:
+ * nothing on the hot path but an indirect call). Before the pick the
+ * pointers hold resolvers that run vx_dist_init() and call on, so callers
+ * that never call vx_dist_init() still get the best tier.
+ *
+ * Tiers: avx2 = AVX2 + FMA; avx512 = AVX-512 F + BW (f32 with 512-bit
+ * FMAs, int8 with vpdpbusd where the CPU has VNNI, else vpmaddubsw). A
+ * forced tier the CPU lacks falls back to the best one it has below it,
+ * with a warning; an unknown value of OUTPOST_VX_KERNELS is warned about
+ * and ignored.
  */
 #include "vector/vx_dist.h"
 
+#include "platform/pl_log.h"
+#include "vector/vx_dist_simd.h"
+
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
-static vx_tier g_tier = VX_TIER_SCALAR;
+typedef float (*vx_f32_fn)(const float *, const float *, size_t);
+typedef int32_t (*vx_i8_fn)(const int8_t *, const int8_t *, size_t);
+
+static float dot_resolve(const float *a, const float *b, size_t dim);
+static float l2sq_resolve(const float *a, const float *b, size_t dim);
+static int32_t dot_i8_resolve(const int8_t *a, const int8_t *b, size_t dim);
+
+static vx_tier g_tier = VX_TIER_SCALAR; /* written inside pthread_once only */
+static bool g_have[3];                  /* tiers the CPU has; idem */
+static bool g_have_vnni;                /* idem */
+static _Atomic(vx_f32_fn) g_dot = dot_resolve;
+static _Atomic(vx_f32_fn) g_l2sq = l2sq_resolve;
+static _Atomic(vx_i8_fn) g_dot_i8 = dot_i8_resolve;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 int vx_metric_parse(const char *name)
@@ -84,9 +113,83 @@ static int32_t dot_i8_scalar(const int8_t *a, const int8_t *b, size_t dim)
     return s;
 }
 
+/* The kernels of tier t, which the CPU must have (g_have[t]). */
+static vx_f32_fn tier_dot(vx_tier t)
+{
+#ifdef VX_DIST_HAVE_X86
+    if (t == VX_TIER_AVX512)
+        return vx_simd_dot_f32_avx512;
+    if (t == VX_TIER_AVX2)
+        return vx_simd_dot_f32_avx2;
+#endif
+    (void)t;
+    return dot_scalar;
+}
+
+static vx_f32_fn tier_l2sq(vx_tier t)
+{
+#ifdef VX_DIST_HAVE_X86
+    if (t == VX_TIER_AVX512)
+        return vx_simd_l2sq_f32_avx512;
+    if (t == VX_TIER_AVX2)
+        return vx_simd_l2sq_f32_avx2;
+#endif
+    (void)t;
+    return l2sq_scalar;
+}
+
+static vx_i8_fn tier_dot_i8(vx_tier t)
+{
+#ifdef VX_DIST_HAVE_X86
+    if (t == VX_TIER_AVX512)
+        return g_have_vnni ? vx_simd_dot_i8_avx512vnni : vx_simd_dot_i8_avx512bw;
+    if (t == VX_TIER_AVX2)
+        return vx_simd_dot_i8_avx2;
+#endif
+    (void)t;
+    return dot_i8_scalar;
+}
+
+static void detect(void)
+{
+    g_have[VX_TIER_SCALAR] = true;
+#ifdef VX_DIST_HAVE_X86
+    /* libgcc's checks include the OS enabling the YMM/ZMM state (XCR0). */
+    __builtin_cpu_init();
+    g_have[VX_TIER_AVX2] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    g_have[VX_TIER_AVX512] = g_have[VX_TIER_AVX2] && __builtin_cpu_supports("avx512f") &&
+                             __builtin_cpu_supports("avx512bw");
+    g_have_vnni = g_have[VX_TIER_AVX512] && __builtin_cpu_supports("avx512vnni");
+#endif
+}
+
 static void pick(void)
 {
-    g_tier = VX_TIER_SCALAR;
+    detect();
+    vx_tier limit = VX_TIER_AVX512;
+    bool forced = false;
+    const char *env = getenv("OUTPOST_VX_KERNELS");
+    if (env && *env) {
+        if (strcmp(env, "scalar") == 0)
+            limit = VX_TIER_SCALAR, forced = true;
+        else if (strcmp(env, "avx2") == 0)
+            limit = VX_TIER_AVX2, forced = true;
+        else if (strcmp(env, "avx512") == 0)
+            limit = VX_TIER_AVX512, forced = true;
+        else
+            PL_LOG_WARN("vx.kernels.unknown", "OUTPOST_VX_KERNELS", env, "expected",
+                        "scalar|avx2|avx512");
+    }
+    vx_tier t = limit;
+    while (t > VX_TIER_SCALAR && !g_have[t])
+        t = (vx_tier)(t - 1);
+    if (forced && t != limit)
+        PL_LOG_WARN("vx.kernels.unsupported", "requested", vx_tier_name(limit), "using",
+                    vx_tier_name(t), "reason", "the CPU lacks the instructions");
+    g_tier = t;
+    atomic_store_explicit(&g_dot, tier_dot(t), memory_order_relaxed);
+    atomic_store_explicit(&g_l2sq, tier_l2sq(t), memory_order_relaxed);
+    atomic_store_explicit(&g_dot_i8, tier_dot_i8(t), memory_order_relaxed);
 }
 
 void vx_dist_init(void) { pthread_once(&g_once, pick); }
@@ -97,32 +200,54 @@ vx_tier vx_dist_tier(void)
     return g_tier;
 }
 
+/* A tier the CPU lacks (or no such tier) runs as scalar. */
+static vx_tier usable(vx_tier t)
+{
+    vx_dist_init();
+    return (t == VX_TIER_AVX2 || t == VX_TIER_AVX512) && g_have[t] ? t : VX_TIER_SCALAR;
+}
+
 float vx_dot_f32_tier(vx_tier t, const float *a, const float *b, size_t dim)
 {
-    (void)t;
-    return dot_scalar(a, b, dim);
+    return tier_dot(usable(t))(a, b, dim);
 }
 
 float vx_l2sq_f32_tier(vx_tier t, const float *a, const float *b, size_t dim)
 {
-    (void)t;
-    return l2sq_scalar(a, b, dim);
+    return tier_l2sq(usable(t))(a, b, dim);
 }
 
 int32_t vx_dot_i8_tier(vx_tier t, const int8_t *a, const int8_t *b, size_t dim)
 {
-    (void)t;
-    return dot_i8_scalar(a, b, dim);
+    return tier_dot_i8(usable(t))(a, b, dim);
+}
+
+static float dot_resolve(const float *a, const float *b, size_t dim)
+{
+    vx_dist_init();
+    return atomic_load_explicit(&g_dot, memory_order_relaxed)(a, b, dim);
+}
+
+static float l2sq_resolve(const float *a, const float *b, size_t dim)
+{
+    vx_dist_init();
+    return atomic_load_explicit(&g_l2sq, memory_order_relaxed)(a, b, dim);
+}
+
+static int32_t dot_i8_resolve(const int8_t *a, const int8_t *b, size_t dim)
+{
+    vx_dist_init();
+    return atomic_load_explicit(&g_dot_i8, memory_order_relaxed)(a, b, dim);
 }
 
 float vx_dot_f32(const float *a, const float *b, size_t dim)
 {
-    return vx_dot_f32_tier(g_tier, a, b, dim);
+    return atomic_load_explicit(&g_dot, memory_order_relaxed)(a, b, dim);
 }
 
 float vx_l2sq_f32(const float *a, const float *b, size_t dim)
 {
-    return vx_l2sq_f32_tier(g_tier, a, b, dim);
+    return atomic_load_explicit(&g_l2sq, memory_order_relaxed)(a, b, dim);
 }
 
 float vx_distance(vx_metric m, const float *a, const float *b, size_t dim)
@@ -162,5 +287,5 @@ float vx_quantize_i8(const float *v, size_t dim, int8_t *codes)
 
 int32_t vx_dot_i8(const int8_t *a, const int8_t *b, size_t dim)
 {
-    return vx_dot_i8_tier(g_tier, a, b, dim);
+    return atomic_load_explicit(&g_dot_i8, memory_order_relaxed)(a, b, dim);
 }
