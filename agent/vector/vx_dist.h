@@ -61,7 +61,8 @@ float vx_normalize(float *v, size_t dim);
 
 /* int8 quantization: codes and scale for v (dim values); returns scale. */
 float vx_quantize_i8(const float *v, size_t dim, int8_t *codes);
-/* Integer dot product of two code rows. */
+/* Integer dot product of two code rows; exact for codes in [-127, 127]
+ * (all that vx_quantize_i8 produces). */
 int32_t vx_dot_i8(const int8_t *a, const int8_t *b, size_t dim);
 
 /* The same kernels of one given tier (tests and benchmarks); NULL-free:
