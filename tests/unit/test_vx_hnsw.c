@@ -186,22 +186,23 @@ Test(vx_hnsw, recall_dot)
 
 Test(vx_hnsw, filtered_recall_50_10_1_percent)
 {
-    float *v = mixture(BIG_N, BIG_Q, DIM, 7);
-    vx_hnsw *x = build(v, BIG_N, DIM, VX_EUCLIDEAN, NULL);
-    uint32_t words = (BIG_N + 63) / 64;
+    uint32_t nf = BIG_N / 2;
+    float *v = mixture(nf, BIG_Q, DIM, 7);
+    vx_hnsw *x = build(v, nf, DIM, VX_EUCLIDEAN, NULL);
+    uint32_t words = (nf + 63) / 64;
     uint64_t *allow = malloc(sizeof(uint64_t) * words);
     const double sel[] = {0.5, 0.1, 0.01};
     for (int si = 0; si < 3; si++) {
         memset(allow, 0, sizeof(uint64_t) * words);
         uint32_t cnt = 0;
         g_rng = 1000 + (uint64_t)si;
-        for (uint32_t i = 0; i < BIG_N; i++)
+        for (uint32_t i = 0; i < nf; i++)
             if (unif() < sel[si]) {
                 allow[i >> 6] |= 1ull << (i & 63);
                 cnt++;
             }
-        vx_hnsw_filter f = {allow, BIG_N, cnt};
-        double r = recall(x, v + (size_t)BIG_N * DIM, BIG_Q, K, 0, &f);
+        vx_hnsw_filter f = {allow, nf, cnt};
+        double r = recall(x, v + (size_t)nf * DIM, BIG_Q, K, 0, &f);
         cr_log_info("filtered recall at %.0f%% (%u allowed): %.4f", sel[si] * 100, cnt, r);
         cr_assert_geq(r, 0.95, "selectivity %.2f: recall %.4f", sel[si], r);
     }
@@ -210,7 +211,7 @@ Test(vx_hnsw, filtered_recall_50_10_1_percent)
     vx_hnsw_filter f = {allow, 100, 100};
     vx_hnsw_hit hits[K];
     uint32_t n = 0;
-    cr_assert_eq(vx_hnsw_search(x, v + (size_t)BIG_N * DIM, K, 0, &f, hits, &n), VX_HNSW_OK);
+    cr_assert_eq(vx_hnsw_search(x, v + (size_t)nf * DIM, K, 0, &f, hits, &n), VX_HNSW_OK);
     cr_assert_eq(n, K);
     for (uint32_t i = 0; i < n; i++)
         cr_assert_lt(hits[i].slot, 100u);
@@ -254,7 +255,7 @@ Test(vx_hnsw, filtered_graph_path_only_returns_allowed)
 
 Test(vx_hnsw, deletes_never_returned_and_recall_after_reinsert)
 {
-    uint32_t n = BIG_N;
+    uint32_t n = BIG_N / 2;
     float *v = mixture(n, BIG_Q, DIM, 11);
     vx_hnsw *x = build(v, n, DIM, VX_COSINE, NULL);
     const float *qs = v + (size_t)n * DIM;
