@@ -60,7 +60,9 @@
  *   so its unlocked reads race with nothing but other reads), then takes it
  *   exclusively to grow arrays and publish the new node's links, its
  *   neighbours' updated lists, the slot count and the entry point at once.
- *   Readers therefore always see a consistent graph. Scratch buffers
+ *   Readers therefore always see a consistent graph. The cost: a publish
+ *   waits for the searches in flight (one search, tens of microseconds),
+ *   and searches arriving meanwhile wait for the publish. Scratch buffers
  *   (visited tags, heaps) come from a per-index pool, so searches do not
  *   allocate once warm. vx_hnsw_free must not race with anything.
  *
