@@ -305,7 +305,7 @@ vx_filter *vx_filter_parse_text(const char *text, size_t len, char *err, size_t 
         return NULL;
     }
     json_error_t je;
-    json_t *j = json_loadb(text ? text : "", text ? len : 0, JSON_REJECT_DUPLICATES, &je);
+    json_t *j = json_loadb(text ? text : "", text ? len : 0, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (!j) {
         set_err(err, errlen, "filter is not valid JSON: %s", je.text);
         return NULL;
