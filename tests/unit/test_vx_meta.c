@@ -320,55 +320,62 @@ static json_t *rand_filter(void) {
 
 #define NSLOTS 3000
 
+/* Checks one filter's bitmap against brute force over docs[0..nslots). */
+static bool check_one(vx_meta *m, json_t **docs, size_t nslots, const vx_filter *f,
+                      const char *what) {
+    uint64_t bits[(NSLOTS + 63) / 64];
+    size_t count;
+    unsigned fl;
+    cr_assert_eq(vx_meta_eval(m, f, bits, sizeof bits / sizeof bits[0], &count, &fl), 0);
+    cr_assert_eq(fl & VX_META_PREFIX, 0);
+    size_t got_count = 0;
+    for (size_t s = 0; s < nslots; s++) {
+        bool bit = (bits[s / 64] >> (s % 64)) & 1;
+        got_count += bit;
+        bool want = docs[s] && vx_filter_match(f, docs[s]);
+        if (fl & VX_META_POSTFILTER) {
+            cr_assert(!want || bit, "superset misses slot %zu; filter %s", s, what);
+            cr_assert(!bit || docs[s] != NULL, "cleared slot %zu allowed; filter %s", s, what);
+        } else if (bit != want) {
+            char *ds = docs[s] ? json_dumps(docs[s], JSON_COMPACT) : NULL;
+            cr_assert_fail("slot %zu: index %d, match %d; filter %s doc %s", s, bit, want, what,
+                           ds ? ds : "(cleared)");
+        }
+    }
+    cr_assert_eq(count, got_count);
+    return (fl & VX_META_POSTFILTER) != 0;
+}
+
 static void check_filters(vx_meta *m, json_t **docs, int nfilters, size_t *exact,
                           size_t *post) {
-    uint64_t bits[(NSLOTS + 63) / 64];
     for (int it = 0; it < nfilters; it++) {
         json_t *jf = rand_filter();
         char err[256];
         vx_filter *f = vx_filter_parse(jf, err, sizeof err);
         cr_assert_not_null(f, "%s", err);
-        size_t count;
-        unsigned fl;
-        cr_assert_eq(vx_meta_eval(m, f, bits, sizeof bits / sizeof bits[0], &count, &fl), 0);
-        cr_assert_eq(fl & VX_META_PREFIX, 0);
-        size_t want_count = 0, got_count = 0;
-        for (size_t s = 0; s < NSLOTS; s++) {
-            bool bit = (bits[s / 64] >> (s % 64)) & 1;
-            got_count += bit;
-            bool want = docs[s] && vx_filter_match(f, docs[s]);
-            want_count += want;
-            if (fl & VX_META_POSTFILTER) {
-                if (want)
-                    cr_assert(bit, "superset misses slot %zu", s);
-                if (bit)
-                    cr_assert(docs[s] != NULL, "cleared slot %zu allowed", s);
-            } else if (bit != want) {
-                char *fs = json_dumps(jf, JSON_COMPACT);
-                char *ds = docs[s] ? json_dumps(docs[s], JSON_COMPACT) : NULL;
-                cr_assert_fail("slot %zu: index %d, match %d; filter %s doc %s", s, bit, want,
-                               fs, ds ? ds : "(cleared)");
-            }
-        }
-        cr_assert_eq(count, got_count);
-        if (fl & VX_META_POSTFILTER)
+        char *fs = json_dumps(jf, JSON_COMPACT);
+        if (check_one(m, docs, NSLOTS, f, fs))
             (*post)++;
         else
             (*exact)++;
-        (void)want_count;
+        free(fs);
         vx_filter_free(f);
         json_decref(jf);
     }
 }
 
-Test(vx_meta, index_equals_brute_force, .timeout = 60) {
-    rng = 0x2545f4914f6cdd1dull;
-    vx_meta *m = vx_meta_new(NSLOTS);
+static void setup_indexes(vx_meta *m) {
     add(m, "s", VX_META_STRING);
     add(m, "n", VX_META_NUMBER);
     add(m, "b", VX_META_BOOLEAN);
     add(m, "o.x", VX_META_NUMBER);
     add(m, "s2", VX_META_STRING);
+}
+
+Test(vx_meta, index_equals_brute_force, .timeout = 60) {
+    rng = 0x2545f4914f6cdd1dull;
+    vx_meta *m = vx_meta_new(NSLOTS);
+    setup_indexes(m);
     static json_t *docs[NSLOTS];
     for (size_t s = 0; s < NSLOTS; s++) {
         if (rnd() % 10 == 0)
@@ -395,6 +402,43 @@ Test(vx_meta, index_equals_brute_force, .timeout = 60) {
     cr_assert_gt(exact, 100, "most filters are answered by the indexes");
     cr_assert_gt(post, 50, "unindexed keys and mismatched operands occur");
     for (size_t s = 0; s < NSLOTS; s++)
+        json_decref(docs[s]);
+    vx_meta_free(m);
+}
+
+/* Mutated filter texts: whatever parses is evaluated exactly (or as a
+ * flagged superset) by the indexes; nothing crashes. */
+Test(vx_meta, fuzzed_filters_stay_exact, .timeout = 60) {
+    rng = 0x6a09e667f3bcc909ull;
+    enum { N = 256 };
+    vx_meta *m = vx_meta_new(N);
+    setup_indexes(m);
+    json_t *docs[N] = {0};
+    for (size_t s = 0; s < N; s++) {
+        docs[s] = rand_doc();
+        cr_assert_eq(vx_meta_set(m, s, docs[s]), 0);
+    }
+    static const char alphabet[] = "{}[]\":,.$ 0123456789abnostxeltgiq-";
+    size_t parsed = 0;
+    for (int it = 0; it < 3000; it++) {
+        json_t *jf = rand_filter();
+        char buf[2048];
+        size_t len = json_dumpb(jf, buf, sizeof buf - 1, JSON_COMPACT);
+        json_decref(jf);
+        cr_assert_lt(len, sizeof buf - 1);
+        for (int k = 0, n = (int)(rnd() % 3); k < n && len > 0; k++)
+            buf[rnd() % len] = alphabet[rnd() % (sizeof alphabet - 1)];
+        buf[len] = '\0';
+        char err[256];
+        vx_filter *f = vx_filter_parse_text(buf, len, err, sizeof err);
+        if (!f)
+            continue;
+        parsed++;
+        check_one(m, docs, N, f, buf);
+        vx_filter_free(f);
+    }
+    cr_assert_gt(parsed, 1000, "parsed %zu", parsed);
+    for (size_t s = 0; s < N; s++)
         json_decref(docs[s]);
     vx_meta_free(m);
 }
