@@ -70,8 +70,13 @@ static long add_key(vx_filter *f, const char *key, size_t klen, char *err, size_
         set_err(err, errlen, "filter key must not be empty");
         return -1;
     }
-    if (klen > VX_FILTER_MAX_KEY) {
-        set_err(err, errlen, "filter key exceeds %d bytes: '%.*s...'", VX_FILTER_MAX_KEY,
+    /* Vectorize counts characters: UTF-8 lead bytes (jansson keys are
+     * valid UTF-8). */
+    size_t chars = 0;
+    for (size_t i = 0; i < klen; i++)
+        chars += ((unsigned char)key[i] & 0xc0) != 0x80;
+    if (chars > VX_FILTER_MAX_KEY) {
+        set_err(err, errlen, "filter key exceeds %d characters: '%.*s...'", VX_FILTER_MAX_KEY,
                 KEY_SHOWN, key);
         return -1;
     }
@@ -243,6 +248,10 @@ vx_filter *vx_filter_parse(const json_t *filter, char *err, size_t errlen) {
         set_err(err, errlen, "filter must be a JSON object");
         return NULL;
     }
+    if (json_object_size(filter) == 0) {
+        set_err(err, errlen, "filter must be a non-empty object");
+        return NULL;
+    }
     size_t bytes = json_dumpb(filter, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
     if (bytes >= VX_FILTER_MAX_BYTES) {
         set_err(err, errlen, "filter exceeds the limit of %d bytes of JSON", VX_FILTER_MAX_BYTES);
@@ -300,10 +309,6 @@ fail:
 vx_filter *vx_filter_parse_text(const char *text, size_t len, char *err, size_t errlen) {
     if (err && errlen)
         err[0] = '\0';
-    if (len >= VX_FILTER_MAX_BYTES) {
-        set_err(err, errlen, "filter exceeds the limit of %d bytes of JSON", VX_FILTER_MAX_BYTES);
-        return NULL;
-    }
     json_error_t je;
     json_t *j = json_loadb(text ? text : "", text ? len : 0, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (!j) {
@@ -371,6 +376,8 @@ static bool any_equal(const vx_clause *c, const vx_value *mv) {
 }
 
 bool vx_filter_match(const vx_filter *f, const json_t *metadata) {
+    if (!f)
+        return true;
     for (size_t i = 0; i < f->nclauses; i++) {
         const vx_clause *c = &f->clauses[i];
         const json_t *j = lookup(&f->keys[c->key_index], metadata);

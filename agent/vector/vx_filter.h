@@ -10,7 +10,6 @@
  *   {"pandas.nice": true}                    dotted key: metadata
  *                                            {"pandas": {"nice": true}}
  *   {"genre": {"$in": ["drama", "comedy"]}}  $in / $nin: non-empty arrays
- *   {}                                       matches everything
  * Operators: $eq $ne $in $nin $lt $lte $gt $gte. Operand types: string,
  * number, boolean, null; range operators take a number or a string only.
  *
@@ -31,11 +30,15 @@
  *     ("a..b", ".a", "a." are rejected).
  *   - Duplicate operators on one key (e.g. two $lt) are each applied (AND).
  *
- * Limits (each violation fails the parse with a message naming the limit or
- * the offending key/operator; the HTTP layer returns it as a 400):
- *   filter JSON (compact encoding) < VX_FILTER_MAX_BYTES bytes; keys
- *   non-empty, <= VX_FILTER_MAX_KEY bytes, no '"', not starting with '$';
- *   $in/$nin: 1..VX_FILTER_MAX_IN values.
+ * Limits (Cloudflare's; each violation fails the parse with a message naming
+ * the limit or the offending key/operator; the HTTP layer returns it as a
+ * 400): the filter is a non-empty object whose compact JSON encoding is
+ * shorter than VX_FILTER_MAX_BYTES bytes (whitespace in the text as sent
+ * does not count); keys non-empty, at most VX_FILTER_MAX_KEY characters
+ * (UTF-8 code points), no '"', not starting with '$'. Ours: $in/$nin take
+ * 1..VX_FILTER_MAX_IN values (Cloudflare documents no bound; the byte limit
+ * already caps it near 1000).
+ * "No filter" is the caller's NULL: vx_filter_match(NULL, md) is true.
  *
  * Ownership: vx_filter_parse* return a heap object owned by the caller
  * (vx_filter_free); the filter copies what it needs, the input json may be
@@ -52,7 +55,7 @@
 #include <stddef.h>
 
 #define VX_FILTER_MAX_BYTES 2048 /* the JSON text must be strictly shorter */
-#define VX_FILTER_MAX_KEY 512
+#define VX_FILTER_MAX_KEY 512 /* characters */
 #define VX_FILTER_MAX_IN 256
 
 typedef enum vx_op {
@@ -95,12 +98,13 @@ typedef struct vx_filter vx_filter;
 /* Parses a filter object. err/errlen receive the message on failure. */
 vx_filter *vx_filter_parse(const json_t *filter, char *err, size_t errlen);
 /* Parses JSON text (len bytes, need not be NUL-terminated); the byte limit
- * is checked on the text as sent. */
+ * is checked on the compact re-encoding, as for vx_filter_parse. The caller
+ * bounds len (the HTTP body limit). */
 vx_filter *vx_filter_parse_text(const char *text, size_t len, char *err, size_t errlen);
 void vx_filter_free(vx_filter *f);
 
 /* True when metadata (an object, or NULL for "no metadata") satisfies every
- * clause. */
+ * clause; f NULL (no filter) matches everything. */
 bool vx_filter_match(const vx_filter *f, const json_t *metadata);
 
 /* For the index planner: the distinct keys (in order of first appearance)

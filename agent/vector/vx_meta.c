@@ -358,6 +358,18 @@ static void mindex_remove(mindex *x, uint32_t slot) {
     }
 }
 
+/* The indexed length of a string: at most VX_META_STR_PREFIX bytes, cut back
+ * to a UTF-8 character boundary (the longest well-formed prefix, as
+ * Vectorize does; jansson strings are valid UTF-8). */
+static size_t prefix_len(const char *s, size_t len) {
+    if (len <= VX_META_STR_PREFIX)
+        return len;
+    size_t n = VX_META_STR_PREFIX;
+    while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+        n--;
+    return n;
+}
+
 static const json_t *lookup(const mindex *x, const json_t *md) {
     const json_t *cur = md;
     for (size_t i = 0; i < x->nseg; i++) {
@@ -386,10 +398,9 @@ static int mindex_insert(mindex *x, uint32_t slot, const json_t *md) {
     } else if (x->type == VX_META_STRING) {
         if (!json_is_string(v))
             return 0;
-        size_t len = json_string_length(v);
-        bool trunc = len > VX_META_STR_PREFIX;
-        if (trunc)
-            len = VX_META_STR_PREFIX;
+        size_t full = json_string_length(v);
+        size_t len = prefix_len(json_string_value(v), full);
+        bool trunc = len < full;
         char *s = malloc(len + 1);
         if (!s || grow_sorted(x) < 0) {
             free(s);
@@ -500,11 +511,9 @@ static void eval_one(const mindex *x, vx_op op, const vx_value *v, uint64_t *out
         lo = num_lower(x, v->num);
         hi = num_upper(x, v->num);
     } else {
-        size_t len = v->len;
-        if (len > VX_META_STR_PREFIX) {
-            len = VX_META_STR_PREFIX;
+        size_t len = prefix_len(v->str, v->len);
+        if (len < v->len)
             *prefix = true;
-        }
         lo = str_lower(x, v->str, len);
         hi = str_upper(x, v->str, len);
     }
@@ -526,7 +535,7 @@ int vx_meta_eval(vx_meta *m, const vx_filter *f, uint64_t *bits, size_t nwords, 
     pthread_rwlock_rdlock(&m->lock);
     memcpy(bits, m->live, m->nwords * sizeof *bits);
     memset(bits + m->nwords, 0, (nwords - m->nwords) * sizeof *bits);
-    size_t nc = vx_filter_nclauses(f);
+    size_t nc = f ? vx_filter_nclauses(f) : 0;
     for (size_t ci = 0; ci < nc; ci++) {
         const vx_clause *c = vx_filter_clause(f, ci);
         long xi = find_index(m, c->key);

@@ -11,14 +11,17 @@
  * when it has the index's type, in
  *   number:  a per-slot double and an array of (value, slot) sorted by value
  *            (equality and ranges by binary search);
- *   string:  a per-slot copy of the first VX_META_STR_PREFIX (64) bytes and a
+ *   string:  a per-slot copy of the first VX_META_STR_PREFIX (64) bytes (cut
+ *            back to a UTF-8 character boundary) and a
  *            sorted array of (prefix, slot) (equality, $in and ranges by
  *            binary search, bytewise order);
  *   boolean: two bitmaps (true, false).
  * Updates insert/remove in the sorted arrays with memmove: O(n) per set, fine
  * for the sizes of this groundwork; bulk rebuilds are a later concern.
  *
- * Strings are indexed by their first 64 bytes, as Vectorize does: an indexed
+ * Strings are indexed by their first 64 bytes, as Vectorize does ("truncated
+ * on UTF-8 character boundaries to the longest well-formed UTF-8 substring
+ * within that limit"): an indexed
  * string clause compares the 64-byte prefixes of stored values and operands
  * (so two strings that differ only after byte 64 are equal to the index).
  * vx_meta_eval reports VX_META_PREFIX when that can matter (an answered
@@ -95,7 +98,8 @@ int vx_meta_set(vx_meta *m, size_t slot, const json_t *metadata);
 /* Forgets a slot (a no-op when not set). -1 if slot >= nslots. */
 int vx_meta_clear(vx_meta *m, size_t slot);
 
-/* Writes the allow-bitmap of the filter into bits (bit s of word s/64 = slot
+/* Writes the allow-bitmap of the filter (NULL: no filter, every set slot)
+ * into bits (bit s of word s/64 = slot
  * s; nwords >= (nslots + 63) / 64, the words past nslots are zeroed), the
  * number of set bits into *count and VX_META_* flags into *flags. -1 if
  * nwords is too small or out of memory (a scratch bitmap is allocated when
