@@ -28,7 +28,9 @@
  *   - A dotted key only walks nested objects; a literal top-level key that
  *     contains a '.' cannot be addressed. Segments must be non-empty
  *     ("a..b", ".a", "a." are rejected).
- *   - Duplicate operators on one key (e.g. two $lt) are each applied (AND).
+ *   - Duplicate keys or operators in the text are refused as invalid JSON
+ *     (a jansson object cannot hold them either); keys containing NUL
+ *     (possible in a json_t) are refused.
  *
  * Limits (Cloudflare's; each violation fails the parse with a message naming
  * the limit or the offending key/operator; the HTTP layer returns it as a
@@ -54,7 +56,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define VX_FILTER_MAX_BYTES 2048 /* the JSON text must be strictly shorter */
+#define VX_FILTER_MAX_BYTES 2048 /* the compact encoding must be shorter */
 #define VX_FILTER_MAX_KEY 512 /* characters */
 #define VX_FILTER_MAX_IN 256
 
