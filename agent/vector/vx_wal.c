@@ -280,9 +280,9 @@ static bool seg_header_ok(const uint8_t *h, uint64_t no, uint64_t *first_id, uin
 }
 
 /* Checks the frame at p (avail bytes readable). Returns its total length, or
- * 0 if it is not a valid frame with id `want` (want 0: any id). */
+ * 0 if it is not a valid frame with an id in [lo, hi]. */
 static size_t frame_check(const uint8_t *p, size_t avail, uint32_t salt, size_t max_len,
-                          uint64_t want)
+                          uint64_t lo, uint64_t hi)
 {
     if (avail < FRAME_HDR || ls_get32(p) != FRAME_MAGIC)
         return 0;
@@ -292,7 +292,7 @@ static size_t frame_check(const uint8_t *p, size_t avail, uint32_t salt, size_t 
     if (p[12] == 0 || p[13] != 0 || ls_get16(p + 14) != 0)
         return 0;
     uint64_t id = ls_get64(p + 16);
-    if (id == 0 || (want && id != want))
+    if (id == 0 || id < lo || id > hi)
         return 0;
     if (ls_crc32c(salt, p + 8, FRAME_HDR - 8 + (size_t)len) != ls_get32(p + 4))
         return 0;
@@ -423,12 +423,16 @@ static int scan_segment(rec_state *rs, size_t i)
     size_t max = w->o.max_record_bytes;
     uint64_t off = SEG_HDR;
     while (off < size) {
-        size_t n = frame_check(map + off, (size_t)(size - off), salt, max, rs->expect);
+        size_t n = frame_check(map + off, (size_t)(size - off), salt, max, rs->expect, rs->expect);
         if (n == 0) {
+            /* Is there a valid frame further on? Its id can only be between
+             * expect and expect + the frames that fit before it, which also
+             * keeps hostile bytes from making this search expensive. */
             bool later = false;
             for (uint64_t q = off + 1; q + FRAME_HDR <= size && !later; q++)
                 if (map[q] == (uint8_t)FRAME_MAGIC &&
-                    frame_check(map + q, (size_t)(size - q), salt, max, 0))
+                    frame_check(map + q, (size_t)(size - q), salt, max, rs->expect,
+                                rs->expect + (q - off) / FRAME_HDR + 1))
                     later = true;
             if (last && !later) {
                 if (ftruncate(fd, (off_t)off) != 0 || sync_fd(w, fd) != 0) {

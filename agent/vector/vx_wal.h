@@ -65,7 +65,12 @@
  *      synced whole before acks): truncated away and synced
  *      (truncated_bytes). A last segment of at most a header's size with a
  *      bad header is a torn creation: removed.
- *   4. Anything else (a bad frame followed by a good one, a bad frame or
+ *      Damage confined to the tail of the last segment (e.g. a flipped bit in
+      its last record) cannot be told from a torn write and is cut the same
+      way; and a power cut that persisted a later page of an unacknowledged
+      group but not an earlier one looks like case 4 (refused; reopen with
+      truncate_corrupt, which then loses only unacknowledged records).
+   4. Anything else (a bad frame followed by a good one, a bad frame or
  *      header in an earlier segment, a gap in ids) is corruption of data
  *      that may have been acknowledged. Default: vx_wal_open fails with
  *      -EBADMSG and says where in err; later records are NOT replayed. With

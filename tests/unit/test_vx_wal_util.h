@@ -100,10 +100,7 @@ static inline int tw_open(const char *dir, bool fsync, tw_col *c, vx_wal **w,
     o.fsync = fsync;
     vx_wal_replay cb = tw_replay(c);
     char err[256];
-    int rc = vx_wal_open(&o, &cb, w, st, err, sizeof err);
-    if (rc)
-        cr_log_info("open %s: %d %s", dir, rc, err);
-    return rc;
+    return vx_wal_open(&o, &cb, w, st, err, sizeof err);
 }
 
 /* Deterministic payload of record i: "p<i>-" then filler, length 5..60. */
