@@ -642,3 +642,93 @@ Test(vx_wal, open_time_of_100k_records)
     ts_tmpdir_remove(dir);
     free(dir);
 }
+
+typedef struct commit_log {
+    uint64_t seg[4096], off[4096], len[4096], last[4096];
+    int n;
+} commit_log;
+
+static void on_commit(void *ctx, uint64_t seg, uint64_t off, uint64_t len, uint64_t last)
+{
+    commit_log *l = ctx;
+    if (l->n < 4096) {
+        l->seg[l->n] = seg;
+        l->off[l->n] = off;
+        l->len[l->n] = len;
+        l->last[l->n] = last;
+        l->n++;
+    }
+}
+
+Test(vx_wal, on_commit_ranges_tile_the_segments)
+{
+    char *dir = ts_tmpdir();
+    vx_wal_opts o;
+    vx_wal_opts_init(&o, dir);
+    o.fsync = false;
+    o.segment_max_bytes = 1500;
+    commit_log *l = calloc(1, sizeof *l);
+    o.on_commit = on_commit;
+    o.on_commit_ctx = l;
+    tw_col c = {0};
+    vx_wal *w = NULL;
+    cr_assert_eq(tw_open(dir, false, &c, &w, NULL, &o), 0);
+    for (uint64_t i = 1; i <= 300; i += 10)
+        append_n(w, i, 10);
+    vx_wal_close(w);
+    cr_assert_gt(l->n, 0);
+    /* Per segment: ranges start after the header, follow each other, and end
+     * at the file's size; last ids grow to the last one appended. */
+    uint64_t expect_off = 40, seg = l->seg[0];
+    for (int i = 0; i < l->n; i++) {
+        if (l->seg[i] != seg) {
+            char *p = seg_path(dir, (int)seg);
+            struct stat sb;
+            cr_assert_eq(stat(p, &sb), 0);
+            cr_assert_eq((uint64_t)sb.st_size, expect_off);
+            free(p);
+            cr_assert_eq(l->seg[i], seg + 1);
+            seg = l->seg[i];
+            expect_off = 40;
+        }
+        cr_assert_eq(l->off[i], expect_off, "commit %d", i);
+        expect_off += l->len[i];
+        if (i)
+            cr_assert_gt(l->last[i], l->last[i - 1]);
+    }
+    cr_assert_eq(l->last[l->n - 1], 300);
+    cr_assert_gt(seg, 1, "segments rolled");
+    free(l);
+    tw_col_free(&c);
+    ts_tmpdir_remove(dir);
+    free(dir);
+}
+
+static int failing_record(void *ctx, const vx_wal_rec *r)
+{
+    (void)ctx;
+    return r->id == 5 ? -ENOSPC : 0;
+}
+
+Test(vx_wal, callback_error_fails_open)
+{
+    char *dir = ts_tmpdir();
+    tw_col c = {0};
+    vx_wal *w = NULL;
+    cr_assert_eq(tw_open(dir, false, &c, &w, NULL, NULL), 0);
+    append_n(w, 1, 10);
+    vx_wal_close(w);
+    vx_wal_opts o;
+    vx_wal_opts_init(&o, dir);
+    vx_wal_replay cb = {NULL, failing_record, NULL};
+    char err[128];
+    cr_assert_eq(vx_wal_open(&o, &cb, &w, NULL, err, sizeof err), -ENOSPC);
+    cr_assert(strstr(err, "on_record") != NULL, "%s", err);
+    /* The directory is not locked after a failed open, and nothing was lost. */
+    cr_assert_eq(tw_open(dir, false, &c, &w, NULL, NULL), 0);
+    cr_assert_eq(c.n, 10);
+    vx_wal_close(w);
+    tw_col_free(&c);
+    ts_tmpdir_remove(dir);
+    free(dir);
+}
