@@ -5,6 +5,9 @@
  * is refused) and the open time of 100k records (printed, not asserted).
  */
 #include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "test_vx_wal_util.h"
@@ -727,6 +730,74 @@ Test(vx_wal, callback_error_fails_open)
     /* The directory is not locked after a failed open, and nothing was lost. */
     cr_assert_eq(tw_open(dir, false, &c, &w, NULL, NULL), 0);
     cr_assert_eq(c.n, 10);
+    vx_wal_close(w);
+    tw_col_free(&c);
+    ts_tmpdir_remove(dir);
+    free(dir);
+}
+
+/* A real write failure without mocks: a file-size limit makes pwrite fail
+ * with EFBIG past 8 KiB. The WAL must fail closed (-EIO for the failing
+ * group's waiter and every later append), and a reopen (without the limit)
+ * must hold exactly the acknowledged records. */
+Test(vx_wal, write_failure_fails_closed)
+{
+    char *dir = ts_tmpdir();
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit rl = {8192, 8192};
+        if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+            _exit(2);
+        vx_wal_opts o;
+        vx_wal_opts_init(&o, dir);
+        vx_wal *w = NULL;
+        if (vx_wal_open(&o, NULL, &w, NULL, NULL, 0) != 0)
+            _exit(3);
+        uint8_t buf[100];
+        memset(buf, 'x', sizeof buf);
+        uint64_t acked = 0, id = 0;
+        int rc;
+        while ((rc = vx_wal_append_sync(w, 1, buf, sizeof buf, &id)) == 0)
+            acked = id;
+        if (rc != -EIO)
+            _exit(4);
+        vx_wal_info in;
+        vx_wal_info_get(w, &in);
+        if (!in.failed || in.durable_id != acked)
+            _exit(5);
+        if (vx_wal_append(w, 1, buf, 1, NULL) != -EIO || vx_wal_wait(w, id, 0) != -EIO)
+            _exit(6);
+        vx_wal_snap *s = NULL;
+        if (vx_wal_snapshot_begin(w, acked, &s) != -EIO)
+            _exit(7);
+        vx_wal_close(w);
+        if (write(fds[1], &acked, sizeof acked) != sizeof acked)
+            _exit(8);
+        _exit(0);
+    }
+    close(fds[1]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    uint64_t acked = 0;
+    cr_assert_eq(read(fds[0], &acked, sizeof acked), (ssize_t)sizeof acked);
+    close(fds[0]);
+    cr_assert_gt(acked, 10);
+    tw_col c = {0};
+    vx_wal *w = NULL;
+    vx_wal_replay_stats st;
+    cr_assert_eq(tw_open(dir, false, &c, &w, &st, NULL), 0);
+    cr_assert_eq(c.n, acked);
+    cr_assert_eq(st.last_id, acked);
+    for (size_t i = 0; i < c.n; i++)
+        cr_assert(c.r[i].len == 100 && c.r[i].payload[99] == 'x');
+    uint64_t id;
+    cr_assert_eq(vx_wal_append_sync(w, 1, "y", 1, &id), 0);
+    cr_assert_eq(id, acked + 1);
     vx_wal_close(w);
     tw_col_free(&c);
     ts_tmpdir_remove(dir);
