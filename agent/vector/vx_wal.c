@@ -423,7 +423,8 @@ static int scan_segment(rec_state *rs, size_t i)
     size_t max = w->o.max_record_bytes;
     uint64_t off = SEG_HDR;
     while (off < size) {
-        size_t n = frame_check(map + off, (size_t)(size - off), salt, max, rs->expect, rs->expect);
+        size_t n =
+            frame_check(map + off, (size_t)(size - off), salt, max, rs->expect, rs->expect);
         if (n == 0) {
             /* Is there a valid frame further on? Its id can only be between
              * expect and expect + the frames that fit before it, which also
@@ -945,7 +946,8 @@ int vx_wal_append(vx_wal *w, uint8_t type, const void *payload, size_t len, uint
         rc = -ESHUTDOWN;
     else if (w->failed)
         rc = -EIO;
-    else if (w->pend_len + w->inflight + need > w->o.max_pending_bytes && w->pend_len + w->inflight > 0)
+    else if (w->pend_len + w->inflight > 0 &&
+             w->pend_len + w->inflight + need > w->o.max_pending_bytes)
         rc = -EAGAIN;
     else if (w->pend_len + need > w->pend_cap) {
         size_t cap = w->pend_cap ? w->pend_cap : 64 << 10;

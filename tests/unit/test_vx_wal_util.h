@@ -63,7 +63,8 @@ static inline int tw_on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upt
     c->snap = malloc(c->snap_len ? c->snap_len : 1);
     size_t got = 0;
     for (;;) {
-        ssize_t n = vx_wal_snap_read(rd, c->snap + got, c->snap_len - got > 7 ? 7 : c->snap_len - got);
+        size_t want = c->snap_len - got > 7 ? 7 : c->snap_len - got; /* small reads */
+        ssize_t n = vx_wal_snap_read(rd, c->snap + got, want);
         if (n < 0)
             return (int)n;
         if (n == 0)
