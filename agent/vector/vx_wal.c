@@ -420,7 +420,9 @@ static int scan_segment(rec_state *rs, size_t i)
     }
     w->segs[i].first_id = first_id;
     w->salt = salt; /* the last segment's salt is the active one's */
-    size_t max = w->o.max_record_bytes;
+    /* The hard limit, not this open's max_record_bytes: an earlier open may
+     * have allowed bigger records. */
+    size_t max = VX_WAL_RECORD_HARD_MAX;
     uint64_t off = SEG_HDR;
     while (off < size) {
         size_t n =

@@ -56,7 +56,7 @@
  *      from an empty index, which is refused (-EBADMSG) if the log does not
  *      start at id 1.
  *   2. Segments in order: header (magic, version, CRC, number), then each
- *      frame: magic, a length that fits the file and max_record_bytes
+ *      frame: magic, a length that fits the file and VX_WAL_RECORD_HARD_MAX
  *      (checked before reading), id = previous + 1 (gapless, also across
  *      segments), CRC32C seeded with the segment's random salt. Records with
  *      id > M go to on_record in id order.

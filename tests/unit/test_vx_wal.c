@@ -153,6 +153,22 @@ Test(vx_wal, limits)
     cr_assert_eq(c.n, last);
     vx_wal_close(w);
     tw_col_free(&c);
+    /* A record bigger than a later open's max_record_bytes still replays. */
+    o.max_record_bytes = 300000;
+    cr_assert_eq(tw_open(dir, false, &c, &w, NULL, &o), 0);
+    uint8_t *huge = calloc(1, 250000);
+    huge[249999] = 7;
+    cr_assert_eq(vx_wal_append_sync(w, 3, huge, 250000, &id), 0);
+    vx_wal_close(w);
+    tw_col_free(&c);
+    o.max_record_bytes = 100;
+    cr_assert_eq(tw_open(dir, false, &c, &w, NULL, &o), 0);
+    cr_assert_eq(c.n, last + 1);
+    cr_assert_eq(c.r[last].len, 250000);
+    cr_assert_eq(memcmp(c.r[last].payload, huge, 250000), 0);
+    vx_wal_close(w);
+    free(huge);
+    tw_col_free(&c);
     ts_tmpdir_remove(dir);
     free(dir);
 }
