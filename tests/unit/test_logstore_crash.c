@@ -7,13 +7,12 @@
  * runs over the torn tails of earlier rounds.
  */
 #include <inttypes.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <time.h>
 
 #include "test_logstore_util.h"
+#include "ts_crash.h"
 
 static void quiet(void)
 {
@@ -97,72 +96,14 @@ static void child_main(const char *dir, int fd, int round)
         pause();
 }
 
-typedef struct acked {
-    char (*lines)[LINE_LEN + 1];
-    size_t n, cap;
-} acked;
-
-static void read_lines(int fd, acked *a, char *partial, size_t *plen, int timeout_ms)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (poll(&p, 1, timeout_ms) <= 0)
-        return;
-    char buf[8192];
-    ssize_t n = read(fd, buf, sizeof buf);
-    for (ssize_t i = 0; i < n; i++) {
-        partial[(*plen)++] = buf[i];
-        if (*plen == LINE_LEN) {
-            cr_assert_eq(partial[LINE_LEN - 1], '\n');
-            if (a->n == a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 4096;
-                a->lines = realloc(a->lines, a->cap * sizeof *a->lines);
-            }
-            memcpy(a->lines[a->n], partial, LINE_LEN);
-            a->lines[a->n][LINE_LEN] = '\0';
-            a->n++;
-            *plen = 0;
-        }
-    }
-}
-
 Test(logstore_crash, kill9_keeps_every_acknowledged_record)
 {
     char *dir = ts_tmpdir();
-    acked all = {0};
+    ts_acked all;
+    ts_acked_init(&all, LINE_LEN);
     srand((unsigned)time(NULL));
     for (int round = 0; round < 4; round++) {
-        int fds[2];
-        cr_assert_eq(pipe(fds), 0);
-        pid_t pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-            close(fds[0]);
-            child_main(dir, fds[1], round);
-        }
-        close(fds[1]);
-        char partial[LINE_LEN];
-        size_t plen = 0;
-        size_t before = all.n;
-        /* Wait for the first acknowledgement, then kill at a random moment. */
-        uint64_t t0 = pl_time_mono_ns();
-        while (all.n == before && pl_time_mono_ns() - t0 < 20000000000ull)
-            read_lines(fds[0], &all, partial, &plen, 100);
-        cr_assert_gt(all.n, before, "child acknowledged nothing");
-        uint64_t kill_at = pl_time_mono_ns() + (uint64_t)(50 + rand() % 400) * 1000000u;
-        while (pl_time_mono_ns() < kill_at)
-            read_lines(fds[0], &all, partial, &plen, 5);
-        kill(pid, SIGKILL);
-        int status;
-        cr_assert_eq(waitpid(pid, &status, 0), pid);
-        cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
-                  "child died by itself: status %d", status);
-        for (;;) { /* what it wrote before dying */
-            size_t n0 = all.n, p0 = plen;
-            read_lines(fds[0], &all, partial, &plen, 50);
-            if (all.n == n0 && plen == p0)
-                break;
-        }
-        close(fds[0]);
+        ts_crash_round(dir, round, child_main, &all);
 
         ls_store *s = tl_open(dir);
         ls_stats st;
@@ -171,14 +112,14 @@ Test(logstore_crash, kill9_keeps_every_acknowledged_record)
         cr_assert_eq(st.corrupt_skipped, 0, "a kill tears only the tail");
         for (size_t i = 0; i < all.n; i++) {
             char id[LS_ID_LEN + 1];
-            memcpy(id, all.lines[i], LS_ID_LEN);
+            memcpy(id, ts_acked_line(&all, i), LS_ID_LEN);
             id[LS_ID_LEN] = '\0';
             json_t *j = NULL;
             int rc = ls_get(s, "acct", NULL, id, &j);
             cr_assert_eq(rc, 0, "round %d: acknowledged %s lost (%d)", round, id, rc);
             const char *body = json_string_value(json_object_get(j, "request_body"));
             cr_assert_not_null(body);
-            cr_assert_eq(strncmp(body, all.lines[i] + LS_ID_LEN + 1, TAG_LEN), 0,
+            cr_assert_eq(strncmp(body, ts_acked_line(&all, i) + LS_ID_LEN + 1, TAG_LEN), 0,
                          "round %d: %s body %s", round, id, body);
             json_decref(j);
         }
@@ -187,7 +128,7 @@ Test(logstore_crash, kill9_keeps_every_acknowledged_record)
                     " bytes truncated",
                     round, all.n, st.records_live, st.truncated_bytes);
     }
-    free(all.lines);
+    ts_acked_free(&all);
     ts_tmpdir_remove(dir);
     free(dir);
 }

@@ -8,13 +8,12 @@
  * Several rounds on one directory, so recovery also runs over earlier torn
  * tails.
  */
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <time.h>
 
 #include "test_vx_wal_util.h"
+#include "ts_crash.h"
 
 TestSuite(vx_wal_crash, .timeout = 120);
 
@@ -99,77 +98,14 @@ static void child_main(const char *dir, int fd, int round)
         pause();
 }
 
-typedef struct acked {
-    char (*lines)[LINE_LEN + 1];
-    size_t n, cap;
-} acked;
-
-static void read_lines(int fd, acked *a, char *partial, size_t *plen, int timeout_ms)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (poll(&p, 1, timeout_ms) <= 0)
-        return;
-    char buf[8192];
-    ssize_t n = read(fd, buf, sizeof buf);
-    for (ssize_t i = 0; i < n; i++) {
-        partial[(*plen)++] = buf[i];
-        if (*plen == LINE_LEN) {
-            cr_assert_eq(partial[LINE_LEN - 1], '\n');
-            if (a->n == a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 4096;
-                a->lines = realloc(a->lines, a->cap * sizeof *a->lines);
-            }
-            memcpy(a->lines[a->n], partial, LINE_LEN);
-            a->lines[a->n][LINE_LEN] = '\0';
-            a->n++;
-            *plen = 0;
-        }
-    }
-}
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 Test(vx_wal_crash, kill9_keeps_every_acknowledged_mutation)
 {
     char *dir = ts_tmpdir();
-    acked all = {0};
+    ts_acked all;
+    ts_acked_init(&all, LINE_LEN);
     srand((unsigned)time(NULL));
     for (int round = 0; round < 4; round++) {
-        int fds[2];
-        cr_assert_eq(pipe(fds), 0);
-        pid_t pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-            close(fds[0]);
-            child_main(dir, fds[1], round);
-        }
-        close(fds[1]);
-        char partial[LINE_LEN];
-        size_t plen = 0, before = all.n;
-        uint64_t t0 = mono_ms();
-        while (all.n == before && mono_ms() - t0 < 20000)
-            read_lines(fds[0], &all, partial, &plen, 100);
-        cr_assert_gt(all.n, before, "child acknowledged nothing");
-        uint64_t kill_at = mono_ms() + 50 + (uint64_t)(rand() % 400);
-        while (mono_ms() < kill_at)
-            read_lines(fds[0], &all, partial, &plen, 5);
-        kill(pid, SIGKILL);
-        int status;
-        cr_assert_eq(waitpid(pid, &status, 0), pid);
-        cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
-                  "child died by itself: status %d", status);
-        for (;;) {
-            size_t n0 = all.n, p0 = plen;
-            read_lines(fds[0], &all, partial, &plen, 50);
-            if (all.n == n0 && plen == p0)
-                break;
-        }
-        close(fds[0]);
+        ts_crash_round(dir, round, child_main, &all);
 
         tw_col c = {0};
         vx_wal *w = NULL;
@@ -185,13 +121,13 @@ Test(vx_wal_crash, kill9_keeps_every_acknowledged_mutation)
         /* Every acknowledged id of any round is there (in the snapshot's
          * range or replayed with its exact payload). */
         for (size_t i = 0; i < all.n; i++) {
-            unsigned long long id = strtoull(all.lines[i], NULL, 10);
+            unsigned long long id = strtoull(ts_acked_line(&all, i), NULL, 10);
             cr_assert_leq(id, st.last_id, "round %d: acknowledged %llu lost", round, id);
             if (id <= st.snapshot_id)
                 continue;
             const tw_rec *r = &c.r[id - st.snapshot_id - 1];
             cr_assert_eq(r->len, TAG_LEN);
-            cr_assert_eq(memcmp(r->payload, all.lines[i] + 21, TAG_LEN), 0,
+            cr_assert_eq(memcmp(r->payload, ts_acked_line(&all, i) + 21, TAG_LEN), 0,
                          "round %d: id %llu payload differs", round, id);
         }
         cr_log_info("round %d: %zu acknowledged so far, snapshot %llu, %llu replayed, %llu "
@@ -201,7 +137,7 @@ Test(vx_wal_crash, kill9_keeps_every_acknowledged_mutation)
         vx_wal_close(w);
         tw_col_free(&c);
     }
-    free(all.lines);
+    ts_acked_free(&all);
     ts_tmpdir_remove(dir);
     free(dir);
 }
