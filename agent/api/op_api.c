@@ -40,7 +40,7 @@ char *op_api_error_json(int code, const char *message)
 static bool openai_path(const char *path)
 {
     if (strncmp(path, "/v1/", 4) == 0)
-        return !gw_is_gateway_path(path);
+        return !gw_is_gateway_path(NULL, path); /* error paths only */
     if (strncmp(path, ACCOUNTS_PREFIX, sizeof ACCOUNTS_PREFIX - 1) != 0)
         return false;
     const char *rest = strchr(path + sizeof ACCOUNTS_PREFIX - 1, '/');
@@ -1008,7 +1008,7 @@ static void route_api(op_http_req *r, op_runtime *rt)
     /* The AI gateway: /v1/{account}/{gateway}/... (its own authentication,
      * cf-aig-authorization, decided per gateway), and the management API
      * under the account (account tokens, as every account route). */
-    if (!scoped && gw_is_gateway_path(path)) {
+    if (!scoped && gw_is_gateway_path(rt->cfg, path)) {
         gw_handle(r, rt);
         return;
     }

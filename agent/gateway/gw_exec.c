@@ -169,6 +169,7 @@ struct gw_exec {
     size_t log_req_len;
     uint64_t log_req_full, log_resp_full; /* sizes before capping */
     bool cached;
+    double cost;              /* USD, set at the end */
     int answer_status;
     bool success;
     bool stream_cut;
@@ -703,6 +704,19 @@ static double cost_of(const gw_exec *e, int64_t tin, int64_t tout)
 /* the log record and the end                                                */
 /* ------------------------------------------------------------------------ */
 
+/* Whether the model may be a metric label: a configured local model (id or
+ * alias) or a priced one, so clients' model names cannot grow the series. */
+static bool model_known(const gw_exec *e)
+{
+    const op_config *cfg = e->rt->cfg;
+    if (op_config_find_model(cfg, e->model))
+        return true;
+    for (size_t i = 0; i < cfg->n_prices; i++)
+        if (strcmp(cfg->prices[i].model, e->model) == 0)
+            return true;
+    return false;
+}
+
 static void write_log(gw_exec *e)
 {
     ls_store *ls = gw_svc_logs();
@@ -727,7 +741,7 @@ static void write_log(gw_exec *e)
     rec.attempts = e->attempts_total;
     rec.tokens_in = e->usage.tokens_in > 0 ? (uint64_t)e->usage.tokens_in : 0;
     rec.tokens_out = e->usage.tokens_out > 0 ? (uint64_t)e->usage.tokens_out : 0;
-    rec.cost = e->cached ? 0 : cost_of(e, e->usage.tokens_in, e->usage.tokens_out);
+    rec.cost = e->cost;
     rec.duration_ms = (double)(now - e->t0_ns) / 1e6;
     rec.ttfb_ms = e->ttfb_ns ? (double)(e->ttfb_ns - e->t0_ns) / 1e6 : rec.duration_ms;
     rec.metadata = meta;
@@ -750,8 +764,6 @@ static void write_log(gw_exec *e)
         PL_LOG_WARN("gateway.log_failed", "gateway", e->gw.cfg->id, "log_id", e->meta.log_id,
                     "reason", strerror(rc < 0 ? -rc : rc));
     gw_metrics_log_write(e->account, e->gw.cfg->id, (double)(pl_time_mono_ns() - w0) / 1e9);
-    gw_metrics_request(e->account, e->gw.cfg->id, e->provider, e->model, e->answer_status,
-                       e->cached, e->usage.tokens_in, e->usage.tokens_out, rec.cost);
     free(meta);
 }
 
@@ -765,20 +777,22 @@ static void finish(gw_exec *e, bool ok)
         sink_begin(e, 502, "application/json", false);
     /* Limits are settled before the client sees the end, so that its next
      * request finds the real count, not the reservation. */
+    e->cost = e->cached ? 0 : cost_of(e, e->usage.tokens_in, e->usage.tokens_out);
     if (e->has_ticket) {
         double actual[GW_LIMIT_MAX_RULES];
-        double cost = e->cached ? 0 : cost_of(e, e->usage.tokens_in, e->usage.tokens_out);
         for (size_t i = 0; i < e->n_rules; i++)
             actual[i] = e->rule_units[i] == GW_LIMIT_REQUESTS ? 1.0
                         : e->rule_units[i] == GW_LIMIT_TOKENS
                             ? (double)(e->usage.tokens_in + e->usage.tokens_out)
-                            : cost;
+                            : e->cost;
         gw_limit_settle(gw_svc_limiter(), &e->ticket, actual, pl_time_mono_ns());
         e->has_ticket = false;
     }
     e->sink.end(e->sink.ctx, &e->meta, ok);
     if (e->collect)
         write_log(e);
+    gw_metrics_request(e->account, e->gw.cfg->id, e->provider, e->model, model_known(e),
+                       e->answer_status, e->usage.tokens_in, e->usage.tokens_out, e->cost);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -54,21 +54,6 @@ gw_registry *gw_svc_registry(void) { return g.registry; }
 int gw_svc_in_flight(void) { return gw_exec_in_flight(); }
 void gw_svc_cancel_all(void) { gw_exec_cancel_all(); }
 
-/* Model names that may be metric label values: configured local models
- * (ids and aliases) and priced models. */
-static bool model_known(const char *model)
-{
-    op_runtime *rt = op_runtime_acquire();
-    bool known = false;
-    if (rt) {
-        known = op_config_find_model(rt->cfg, model) != NULL;
-        for (size_t i = 0; !known && i < rt->cfg->n_prices; i++)
-            known = strcmp(rt->cfg->prices[i].model, model) == 0;
-        op_runtime_release(rt);
-    }
-    return known;
-}
-
 /* Every 10 s: reclaim expired cache entries and idle rate-limit counters
  * (both also reclaim lazily; this keeps an idle node's memory down too). */
 static void sweep_tick(void *ctx, bool cancelled)
@@ -112,7 +97,6 @@ int gw_service_start(const op_config *cfg, char *err, size_t errlen)
         gw_service_stop();
         return -1;
     }
-    gw_metrics_set_model_filter(model_known);
     gw_service_configure(cfg);
     gw_upstream_after(g.upstream, 10000, sweep_tick, NULL);
     return 0;
@@ -180,10 +164,12 @@ static bool split_gateway_path(const char *path, char *account, size_t alen, cha
     return true;
 }
 
-bool gw_is_gateway_path(const char *path)
+bool gw_is_gateway_path(const op_config *cfg, const char *path)
 {
     static const char *const own[] = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                                       "/v1/models", NULL};
+    if (strncmp(path, "/v1/", 4) != 0)
+        return false;
     for (size_t i = 0; own[i]; i++)
         if (strcmp(path, own[i]) == 0)
             return false;
@@ -194,6 +180,8 @@ bool gw_is_gateway_path(const char *path)
     /* Only a configured account makes it a gateway path: any other
      * /v1/x/y (an OpenAI route this agent does not serve, such as
      * /v1/images/generations) stays an OpenAI-shaped 404. */
+    if (cfg)
+        return op_config_find_account(cfg, a) != NULL;
     op_runtime *rt = op_runtime_acquire();
     bool known = rt && op_config_find_account(rt->cfg, a) != NULL;
     op_runtime_release(rt);

@@ -51,9 +51,10 @@ int gw_svc_in_flight(void);
 void gw_svc_cancel_all(void);
 
 /* True if path (the whole request path) is a gateway route: /v1/{a}/{g}...
- * with a configured account {a}, that is not one of the agent's own
- * OpenAI-compatible routes. */
-bool gw_is_gateway_path(const char *path);
+ * with a configured account {a} of cfg, that is not one of the agent's own
+ * OpenAI-compatible routes. cfg NULL: the current runtime's config (taken
+ * and released here; pass the request's when the caller holds it). */
+bool gw_is_gateway_path(const op_config *cfg, const char *path);
 /* Answers a gateway route (rt: the request's snapshot, borrowed). */
 void gw_handle(op_http_req *r, op_runtime *rt);
 

@@ -4,7 +4,6 @@
 #include "gateway/gw_metrics.h"
 
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 
 #include "metrics/op_metrics.h"
@@ -12,7 +11,6 @@
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static op_metric *m_requests, *m_cache, *m_retries, *m_fallbacks, *m_limited, *m_tokens, *m_cost,
     *m_up, *m_ttfb, *m_logw;
-static _Atomic(gw_metrics_model_known_fn) g_known;
 
 static void init(void)
 {
@@ -47,28 +45,14 @@ static void init(void)
                                  "Time to hand a log record to the log store.", gw_l, NULL, 0);
 }
 
-void gw_metrics_set_model_filter(gw_metrics_model_known_fn fn)
-{
-    atomic_store(&g_known, fn);
-}
-
-static const char *model_label(const char *model)
-{
-    gw_metrics_model_known_fn fn = atomic_load(&g_known);
-    if (!model || !*model)
-        return "";
-    return fn && fn(model) ? model : "other";
-}
-
 void gw_metrics_request(const char *account, const char *gateway, const char *provider,
-                        const char *model, int status, bool cached, int64_t tokens_in,
+                        const char *model, bool model_known, int status, int64_t tokens_in,
                         int64_t tokens_out, double cost)
 {
-    (void)cached;
     pthread_once(&g_once, init);
     char st[16];
     snprintf(st, sizeof st, "%d", status);
-    const char *ml = model_label(model);
+    const char *ml = !model || !*model ? "" : model_known ? model : "other";
     op_counter_inc(op_metric_with(m_requests, account, gateway, provider, ml, st));
     if (tokens_in > 0)
         op_counter_add(op_metric_with(m_tokens, account, gateway, provider, ml, "in"),

@@ -23,8 +23,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* model_known: the model is a configured or priced one (else it is
+ * counted as "other"); the caller decides from the request's config. */
 void gw_metrics_request(const char *account, const char *gateway, const char *provider,
-                        const char *model, int status, bool cached, int64_t tokens_in,
+                        const char *model, bool model_known, int status, int64_t tokens_in,
                         int64_t tokens_out, double cost);
 void gw_metrics_cache(const char *account, const char *gateway, bool hit);
 void gw_metrics_retry(const char *account, const char *gateway, const char *provider);
@@ -33,8 +35,5 @@ void gw_metrics_rate_limited(const char *account, const char *gateway);
 void gw_metrics_upstream_duration(const char *provider, double seconds);
 void gw_metrics_upstream_ttfb(const char *provider, double seconds);
 void gw_metrics_log_write(const char *account, const char *gateway, double seconds);
-/* Whether model may be a label value (set from the runtime's config). */
-typedef bool (*gw_metrics_model_known_fn)(const char *model);
-void gw_metrics_set_model_filter(gw_metrics_model_known_fn fn);
 
 #endif
