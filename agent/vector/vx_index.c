@@ -988,9 +988,10 @@ static int apply_record(vx_index *x, uint8_t type, const uint8_t *p, size_t len,
     pthread_rwlock_unlock(&x->rw);
     x->since_snap_bytes += len;
     x->since_snap_muts++;
-    /* Graph upkeep: rebuild once tombstones pass the compact threshold,
-     * else reconnect around tombstones every so often. */
-    if (vx_hnsw_needs_compact(x->cur.g)) {
+    /* Graph upkeep: rebuild once tombstones pass the compact threshold
+     * (and number at least 32, so a tiny index is not rebuilt on every
+     * update), else reconnect around tombstones every so often. */
+    if (vx_hnsw_deleted(x->cur.g) >= 32 && vx_hnsw_needs_compact(x->cur.g)) {
         rc = compact(x);
         if (rc)
             seterr(err, errlen, "compaction failed: %s", strerror(-rc));

@@ -339,7 +339,7 @@ Test(vx_index, upsert_replaces_insert_keeps_delete_removes)
     vx_index_info info;
     vx_index_info_get(x, &info);
     cr_assert_eq(info.vector_count, 3);
-    cr_assert_eq(info.deleted_slots, 1, "x replaced once (the batch dedupes y)");
+    cr_assert_eq(info.deleted_slots, 1, "x replaced once (the batch dedupes y): %llu", (unsigned long long)info.deleted_slots);
     /* delete: missing ids are ignored */
     const char *del[2] = {"x", "nope"};
     cr_assert_eq(vx_index_delete_ids(x, del, 2, &id, err, sizeof err), 0);
