@@ -1276,7 +1276,7 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
     vx_hnsw *g = NULL;
     if (!s.buf)
         return -ENOMEM;
-    uint8_t hdr[48];
+    uint8_t hdr[44]; /* magic 8, dim 4, metric 4, id 8, ms 8, records 8, defs 4 */
     if (sr_read(&s, hdr, sizeof hdr) || memcmp(hdr, SNAP_MAGIC, 8) != 0) {
         seterr(e, el, "snapshot %" PRIu64 ": bad header", upto);
         goto out;
