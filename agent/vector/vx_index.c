@@ -431,6 +431,7 @@ struct vx_index {
 
     pthread_mutex_t pool_mu;
     sbuf *pool;
+    char *remove_dir; /* vx_index_remove_on_close */
 };
 
 /* --- generation ----------------------------------------------------------- */
@@ -1727,6 +1728,7 @@ static void index_free(vx_index *x)
         b = nx;
     }
     vx_index_config_free(&x->cfg);
+    free(x->remove_dir);
     pthread_rwlock_destroy(&x->rw);
     pthread_mutex_destroy(&x->mu);
     pthread_mutex_destroy(&x->pool_mu);
@@ -1902,7 +1904,27 @@ void vx_index_unref(vx_index *x)
     if (x->th_started)
         pthread_join(x->th, NULL);
     vx_wal_close(x->wal);
+    char *rm = x->remove_dir;
+    x->remove_dir = NULL;
     index_free(x);
+    if (rm) {
+        int rc = vx_index_remove_dir(rm);
+        if (rc)
+            PL_LOG_WARN("vx_index.remove_failed", "dir", rm, "error", strerror(-rc));
+        free(rm);
+    }
+}
+
+int vx_index_remove_on_close(vx_index *x, const char *dir)
+{
+    char *d = strdup(dir);
+    if (!d)
+        return -ENOMEM;
+    pthread_mutex_lock(&x->mu);
+    free(x->remove_dir);
+    x->remove_dir = d;
+    pthread_mutex_unlock(&x->mu);
+    return 0;
 }
 
 const vx_index_config *vx_index_get_config(const vx_index *x) { return &x->cfg; }

@@ -144,6 +144,10 @@ int vx_index_open(const char *dir, const vx_index_opts *o, vx_index **out, char 
 /* Removes an index directory tree (nothing may have it open): vx_store's
  * deletion and cleanup. 0 or -errno. */
 int vx_index_remove_dir(const char *dir);
+/* Deletion: after the last reference closes the index, its directory tree
+ * at dir (where the caller has renamed it: vx_store's trash) is removed.
+ * The index keeps working until then (its open files follow the rename). */
+int vx_index_remove_on_close(vx_index *x, const char *dir);
 void vx_index_ref(vx_index *x);
 void vx_index_unref(vx_index *x); /* NULL ok; the last one closes */
 
