@@ -1023,7 +1023,7 @@ Test(vx_index, corrupt_index_json_or_wal_payload_is_refused_with_a_reason)
 /* Start-up cost from a snapshot vs. from log replay, and memory per vector.
  * Long (it builds the graph twice): runs only with OUTPOST_VX_BENCH=<n>
  * (vectors; e.g. 100000), skipped visibly otherwise. */
-Test(vx_index, open_time_snapshot_vs_replay)
+Test(vx_index, open_time_snapshot_vs_replay, .timeout = 900)
 {
     const char *env = getenv("OUTPOST_VX_BENCH");
     if (!env || atol(env) <= 0)
