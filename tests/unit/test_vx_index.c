@@ -1082,3 +1082,92 @@ Test(vx_index, open_time_snapshot_vs_replay, .timeout = 900)
     ts_tmpdir_remove(dir);
     free(dir);
 }
+
+/* ---------------------------------------------------------------- untrusted log bytes */
+
+/* Opens a fresh index whose log holds one record (type, payload) written
+ * straight through vx_wal; returns open's result (the index closed). */
+static int open_with_record(const char *root, int i, uint8_t type, const uint8_t *p, size_t len,
+                            char *err, size_t errlen)
+{
+    char dir[1024], wal[1100];
+    snprintf(dir, sizeof dir, "%s/f%d", root, i);
+    snprintf(wal, sizeof wal, "%s/wal", dir);
+    vx_index_config c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.name, sizeof c.name, "fuzz");
+    c.dimensions = 2;
+    c.metric = VX_DOT;
+    vx_index_opts o;
+    vx_index_opts_init(&o);
+    o.fsync = false;
+    vx_index *x = NULL;
+    cr_assert_eq(vx_index_create(dir, &c, &o, &x, err, errlen), 0);
+    vx_index_unref(x);
+    vx_wal_opts wo;
+    vx_wal_opts_init(&wo, wal);
+    wo.fsync = false;
+    vx_wal *w = NULL;
+    cr_assert_eq(vx_wal_open(&wo, NULL, &w, NULL, NULL, 0), 0);
+    uint64_t id;
+    cr_assert_eq(vx_wal_append_sync(w, type, p, len, &id), 0);
+    vx_wal_close(w);
+    err[0] = '\0';
+    int rc = vx_index_open(dir, &o, &x, err, errlen);
+    if (rc == 0) {
+        vx_index_info info;
+        vx_index_info_get(x, &info);
+        cr_assert_eq(info.processed_upto, 1);
+        vx_index_unref(x);
+    }
+    return rc;
+}
+
+Test(vx_index, damaged_log_payloads_never_crash_open)
+{
+    /* a valid upsert of two vectors, encoded as vx_index.c documents */
+    uint8_t good[128];
+    size_t n = 0;
+    uint32_t u32;
+    float f[2] = {1.5f, -2.0f};
+    u32 = 2; memcpy(good + n, &u32, 4); n += 4; /* dim */
+    u32 = 2; memcpy(good + n, &u32, 4); n += 4; /* count */
+    for (int k = 0; k < 2; k++) {
+        good[n++] = 2; memcpy(good + n, k ? "bb" : "aa", 2); n += 2;
+        good[n++] = 1; good[n++] = 'n';
+        const char *md = "{\"a\":1}";
+        u32 = (uint32_t)strlen(md); memcpy(good + n, &u32, 4); n += 4;
+        memcpy(good + n, md, u32); n += u32;
+        memcpy(good + n, f, 8); n += 8;
+    }
+    char *root = ts_tmpdir();
+    char err[256];
+    int i = 0;
+    cr_assert_eq(open_with_record(root, i++, VX_WAL_UPSERT, good, n, err, sizeof err), 0, "%s",
+                 err);
+    size_t refused = 0;
+    for (size_t len = 1; len < n; len++) /* every truncation */
+        refused += open_with_record(root, i++, VX_WAL_UPSERT, good, len, err, sizeof err) ==
+                   -EBADMSG;
+    cr_assert_eq(refused, n - 1, "every truncated payload refused");
+    uint8_t bad[128];
+    for (size_t pos = 0; pos < n; pos += 3) { /* byte damage: refused or applied, never a crash */
+        memcpy(bad, good, n);
+        bad[pos] ^= 0xa5;
+        int rc = open_with_record(root, i++, VX_WAL_UPSERT, bad, n, err, sizeof err);
+        cr_assert(rc == 0 || rc == -EBADMSG, "rc %d", rc);
+        if (rc)
+            cr_assert(strstr(err, "record 1"), "%s", err);
+    }
+    static const uint8_t del_bad[] = {5, 0, 0, 0, 1, 'x'};
+    cr_assert_eq(open_with_record(root, i++, VX_WAL_DELETE, del_bad, sizeof del_bad, err,
+                                  sizeof err), -EBADMSG);
+    static const uint8_t meta_bad[] = {7, 3, 0, 'a', 'b', 'c'};
+    cr_assert_eq(open_with_record(root, i++, VX_WAL_METADATA_INDEX_CREATE, meta_bad,
+                                  sizeof meta_bad, err, sizeof err), -EBADMSG);
+    static const uint8_t unknown[] = {1};
+    cr_assert_eq(open_with_record(root, i++, 77, unknown, 1, err, sizeof err), -EBADMSG);
+    cr_assert(strstr(err, "unknown record type"), "%s", err);
+    ts_tmpdir_remove(root);
+    free(root);
+}
