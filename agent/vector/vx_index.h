@@ -248,7 +248,9 @@ typedef struct vx_match {
     float score;                 /* query only */
     float *values;               /* when asked (get_by_ids: always), else NULL */
     char *ns;                    /* NULL = none */
-    json_t *metadata;            /* one reference, when asked (get: all), else NULL */
+    json_t *metadata;            /* one reference, when asked (get: all), else NULL; a
+                                  * copy of the stored document ({} when the vector has
+                                  * none; only the indexed properties for INDEXED) */
 } vx_match;
 
 /* Matches best first into *out (caller frees with vx_matches_free), count in
