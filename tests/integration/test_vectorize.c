@@ -1314,3 +1314,41 @@ Test(vectorize, disabled_by_config, .timeout = 60)
     expect_err(&a, "GET", PREFIX, NULL, 404, "vectorize.enabled");
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Cloudflare's Python SDK                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* tests/sdk/cloudflare_vectorize.py with the venv of scripts/pydeps.sh
+ * (OUTPOST_PY_VENV names another); skipped, saying so, without it. */
+Test(vectorize, cloudflare_python_sdk, .timeout = 180)
+{
+    const char *venv = getenv("OUTPOST_PY_VENV");
+    if (!venv || !*venv)
+        venv = "build-py/venv";
+    char python[1024];
+    if (venv[0] == '/')
+        snprintf(python, sizeof python, "%s/bin/python", venv);
+    else
+        snprintf(python, sizeof python, "%s/%s/bin/python", OUTPOST_SOURCE_DIR, venv);
+    if (access(python, X_OK) != 0)
+        cr_skip_test("no Python SDK venv at %s: run scripts/pydeps.sh (make pydeps) first", python);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "'%s' -c 'import cloudflare' 2>/dev/null", python);
+    if (ts_run(cmd, NULL) != 0)
+        cr_skip_test("the venv at %s has no cloudflare package: run make pydeps", python);
+    ts_agent a;
+    ts_agent_start(&a, CONFIG);
+    /* Loopback only: no proxy from the environment may take the requests. */
+    snprintf(cmd, sizeof cmd,
+             "env -u http_proxy -u https_proxy -u all_proxy -u HTTP_PROXY -u HTTPS_PROXY "
+             "-u ALL_PROXY NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost "
+             "'%s' '%s/tests/sdk/cloudflare_vectorize.py' '%s'",
+             python, OUTPOST_SOURCE_DIR, a.base_url);
+    char *out = NULL;
+    int rc = ts_run(cmd, &out);
+    cr_expect_eq(rc, 0, "cloudflare_vectorize.py failed (rc %d):\n%s", rc, out);
+    cr_expect(strstr(out, "cloudflare_vectorize: all checks passed") != NULL, "%s", out);
+    free(out);
+    cr_assert_eq(ts_agent_stop(&a), 0);
+}
