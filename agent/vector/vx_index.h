@@ -141,6 +141,13 @@ int vx_index_create(const char *dir, const vx_index_config *c, const vx_index_op
 /* Opens an existing index directory (index.json, snapshot, log tail). */
 int vx_index_open(const char *dir, const vx_index_opts *o, vx_index **out, char *err,
                   size_t errlen);
+/* Removes an index directory tree (nothing may have it open): vx_store's
+ * deletion and cleanup. 0 or -errno. */
+int vx_index_remove_dir(const char *dir);
+/* Deletion: after the last reference closes the index, its directory tree
+ * at dir (where the caller has renamed it: vx_store's trash) is removed.
+ * The index keeps working until then (its open files follow the rename). */
+int vx_index_remove_on_close(vx_index *x, const char *dir);
 void vx_index_ref(vx_index *x);
 void vx_index_unref(vx_index *x); /* NULL ok; the last one closes */
 
@@ -149,6 +156,11 @@ const vx_index_config *vx_index_get_config(const vx_index *x);
 const char *vx_index_dir(const vx_index *x);
 
 /* --- Mutations (see "Write path") ------------------------------------------ */
+
+/* For callers that parse vectors (the HTTP layer): -EINVAL with a message
+ * naming the dimensions when n is not the index's dimensions (a float
+ * pointer cannot carry its length, so this check is the caller's). */
+int vx_index_check_dimensions(const vx_index *x, size_t n, char *err, size_t errlen);
 
 /* One vector of an insert/upsert. values has the index's dimensions. */
 typedef struct vx_vector_in {

@@ -612,3 +612,150 @@ size_t vx_meta_memory(vx_meta *m) {
     pthread_rwlock_unlock(&m->lock);
     return b;
 }
+
+/* ---- growth and backfill (owned by vx_index) ---- */
+
+/* realloc that zeroes the added tail; NULL leaves p as it was. */
+static void *grow_zero(void *p, size_t old_bytes, size_t new_bytes) {
+    void *q = realloc(p, new_bytes ? new_bytes : 1);
+    if (q && new_bytes > old_bytes)
+        memset((char *)q + old_bytes, 0, new_bytes - old_bytes);
+    return q;
+}
+
+#define GROW_FIELD(ptr, oldn, newn)                                                            \
+    do {                                                                                       \
+        void *q_ = grow_zero((ptr), (oldn) * sizeof *(ptr), (newn) * sizeof *(ptr));           \
+        if (!q_)                                                                               \
+            goto oom;                                                                          \
+        (ptr) = q_;                                                                            \
+    } while (0)
+
+int vx_meta_grow(vx_meta *m, size_t nslots) {
+    if (nslots > UINT32_MAX)
+        return -1;
+    pthread_rwlock_wrlock(&m->lock);
+    if (nslots <= m->nslots) {
+        pthread_rwlock_unlock(&m->lock);
+        return 0;
+    }
+    size_t ow = m->nwords ? m->nwords : 1, os = m->nslots ? m->nslots : 1;
+    size_t nw = (nslots + 63) / 64;
+    /* Each array grows on its own; a failure half way leaves some arrays
+     * larger than nslots needs, which is harmless (sizes only ever grow and
+     * nslots is raised only once all succeeded). */
+    GROW_FIELD(m->live, ow, nw);
+    for (size_t i = 0; i < m->nidx; i++) {
+        mindex *x = m->idx[i];
+        GROW_FIELD(x->has, ow, nw);
+        GROW_FIELD(x->stale, ow, nw);
+        if (x->type == VX_META_NUMBER) {
+            GROW_FIELD(x->nval, os, nslots);
+        } else if (x->type == VX_META_STRING) {
+            GROW_FIELD(x->sval, os, nslots);
+            GROW_FIELD(x->sinfo, os, nslots);
+        } else {
+            GROW_FIELD(x->btrue, ow, nw);
+            GROW_FIELD(x->bfalse, ow, nw);
+        }
+    }
+    m->nslots = nslots;
+    m->nwords = nw;
+    pthread_rwlock_unlock(&m->lock);
+    return 0;
+oom:
+    pthread_rwlock_unlock(&m->lock);
+    return -1;
+}
+
+static int num_ent_cmp(const void *a, const void *b) {
+    const num_ent *x = a, *y = b;
+    return num_cmp(x->v, x->slot, y->v, y->slot);
+}
+
+static int str_ent_cmp(const void *a, const void *b) {
+    const str_ent *x = a, *y = b;
+    int c = str_cmp(x->s, x->len, y->s, y->len);
+    if (c)
+        return c;
+    return x->slot < y->slot ? -1 : x->slot > y->slot ? 1 : 0;
+}
+
+/* Adds slot's value to x without keeping the sorted array sorted (the
+ * caller sorts once at the end). */
+static int mindex_append(mindex *x, uint32_t slot, const json_t *md) {
+    const json_t *v = md ? lookup(x, md) : NULL;
+    if (!v)
+        return 0;
+    if (x->type == VX_META_NUMBER) {
+        if (!json_is_number(v))
+            return 0;
+        if (grow_sorted(x) < 0)
+            return -1;
+        double d = json_number_value(v);
+        x->nsorted[x->n++] = (num_ent){d, slot};
+        x->nval[slot] = d;
+    } else if (x->type == VX_META_STRING) {
+        if (!json_is_string(v))
+            return 0;
+        size_t full = json_string_length(v);
+        size_t len = prefix_len(json_string_value(v), full);
+        bool trunc = len < full;
+        char *s = malloc(len + 1);
+        if (!s || grow_sorted(x) < 0) {
+            free(s);
+            return -1;
+        }
+        memcpy(s, json_string_value(v), len);
+        s[len] = '\0';
+        x->ssorted[x->n++] = (str_ent){s, (uint32_t)len, slot};
+        x->sval[slot] = s;
+        x->sinfo[slot] = (uint8_t)(len | (trunc ? SINFO_TRUNC : 0));
+        x->ntrunc += trunc;
+    } else {
+        if (!json_is_boolean(v))
+            return 0;
+        bit_set(json_is_true(v) ? x->btrue : x->bfalse, slot);
+    }
+    bit_set(x->has, slot);
+    return 0;
+}
+
+int vx_meta_backfill(vx_meta *m, const char *property,
+                     const json_t *(*doc)(void *ctx, size_t slot), void *ctx, char *err,
+                     size_t errlen) {
+    if (err && errlen)
+        err[0] = '\0';
+    pthread_rwlock_wrlock(&m->lock);
+    long xi = property ? find_index(m, property) : -1;
+    if (xi < 0) {
+        pthread_rwlock_unlock(&m->lock);
+        set_err(err, errlen, "no metadata index on '%.64s'", property ? property : "");
+        return -1;
+    }
+    mindex *x = m->idx[xi];
+    int rc = 0;
+    for (size_t w = 0; w < m->nwords && x->nstale > 0; w++) {
+        while (x->stale[w]) {
+            uint32_t slot = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(x->stale[w]));
+            if (mindex_append(x, slot, doc(ctx, slot)) < 0) {
+                rc = -1;
+                break;
+            }
+            bit_clr(x->stale, slot);
+            x->nstale--;
+        }
+        if (rc < 0)
+            break;
+    }
+    /* Sorted again even after a failure: the entries added so far are
+     * valid and every other operation relies on the order. */
+    if (x->type == VX_META_NUMBER && x->n > 1)
+        qsort(x->nsorted, x->n, sizeof *x->nsorted, num_ent_cmp);
+    else if (x->type == VX_META_STRING && x->n > 1)
+        qsort(x->ssorted, x->n, sizeof *x->ssorted, str_ent_cmp);
+    pthread_rwlock_unlock(&m->lock);
+    if (rc < 0)
+        set_err(err, errlen, "out of memory");
+    return rc;
+}

@@ -34,8 +34,8 @@
  * with vx_filter's semantics ($ne/$nin are complements of $eq/$in within the
  * set slots). A clause the index cannot answer (no index on the key, an
  * operand of another type or null, or an index created while slots were
- * already set and not yet all set again: Vectorize does not backfill, and we
- * keep no documents to backfill from) is skipped and VX_META_POSTFILTER is
+ * already set and not yet all set again, unless the owner backfilled it
+ * with vx_meta_backfill from the documents it keeps) is skipped and VX_META_POSTFILTER is
  * reported: the bitmap is then a superset and the caller must keep only the
  * slots for which vx_filter_match(filter, metadata) holds. Without
  * POSTFILTER (and PREFIX) the bitmap is exactly the set slots that match.
@@ -106,6 +106,23 @@ int vx_meta_clear(vx_meta *m, size_t slot);
  * the filter has more than one answered clause). */
 int vx_meta_eval(vx_meta *m, const vx_filter *f, uint64_t *bits, size_t nwords, size_t *count,
                  unsigned *flags);
+
+/* Grows the slot range to nslots (>= the current one; smaller is a no-op):
+ * the owner's slots grow as vectors are added. Takes the write lock, so it
+ * never races with an eval. -1 on out of memory (nothing changed) or
+ * nslots > UINT32_MAX. */
+int vx_meta_grow(vx_meta *m, size_t nslots);
+
+/* Backfills the metadata index on property from the caller's documents:
+ * every slot set before the index existed ("stale") is indexed from
+ * doc(ctx, slot) (NULL = no metadata), in one pass plus one sort
+ * (O(n log n), not a memmove per slot), after which the index answers its
+ * clauses exactly. Holds the write lock for the pass. -1 (with err) if
+ * there is no such index or out of memory (the index then stays stale,
+ * which is still exact through POSTFILTER). */
+int vx_meta_backfill(vx_meta *m, const char *property,
+                     const json_t *(*doc)(void *ctx, size_t slot), void *ctx, char *err,
+                     size_t errlen);
 
 /* Bytes held by the metadata indexes (arrays by capacity, string copies). */
 size_t vx_meta_memory(vx_meta *m);
