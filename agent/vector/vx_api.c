@@ -454,7 +454,7 @@ static int batch_add(vbatch *b, json_t *o, const char *where, char *err, size_t 
     b->text[i] = NULL;
     if (values && !json_is_null(values)) {
         char w[64];
-        snprintf(w, sizeof w, "%s: 'values'", where);
+        snprintf(w, sizeof w, "%s: values", where);
         if (read_values(values, b->dim, b->values + i * b->dim, w, err, errlen) != 0)
             return -1;
     } else if (text && b->text_ok) {
@@ -1457,7 +1457,7 @@ static void handle_query(vreq *q, vx_index *x)
         if (!vec)
             snprintf(err, sizeof err, "out of memory");
         else if (jv && !json_is_null(jv))
-            read_values(jv, c->dimensions, vec, "'vector'", err, sizeof err);
+            read_values(jv, c->dimensions, vec, "vector", err, sizeof err);
         else if (!c->embed_model)
             snprintf(err, sizeof err,
                      "'text' needs an index created with the preset of a text-embeddings model "

@@ -87,7 +87,7 @@ def main():
     check(int(ups.mutation_id) > int(ins.mutation_id), "upsert: a later mutationId",
           ups.mutation_id)
     disc = idx.upsert("sdk-index", account_id=ACCOUNT, unparsable_behavior="discard",
-                      body=b'not json\n{"id":"6","values":[1,1,1]}\n')
+                      body=b'not json\n{"id":"6","values":[0,0,1]}\n')
     info = wait_applied(idx, "sdk-index", disc.mutation_id)
     check(info.vector_count == 6 and info.dimensions == 3, "info: count and dimensions", info)
     check(isinstance(info.processed_up_to_datetime, datetime.datetime),
