@@ -221,9 +221,10 @@ static bool index_name_ok(const char *n)
 {
     vx_index_config c;
     memset(&c, 0, sizeof c);
-    if (strlen(n) > VX_INDEX_NAME_MAX)
+    size_t l = strlen(n);
+    if (l > VX_INDEX_NAME_MAX)
         return false;
-    snprintf(c.name, sizeof c.name, "%s", n);
+    memcpy(c.name, n, l + 1);
     c.dimensions = 1;
     return vx_index_config_check(&c, 1, NULL, 0) == 0;
 }

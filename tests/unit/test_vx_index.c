@@ -195,7 +195,7 @@ Test(vx_index, seed_example_cosine_scores_and_exact_values)
                                      {75.1f, 67.1f, 29.9f},
                                      {58.8f, 6.7f, 3.4f}};
     vx_vector_in v[5];
-    char ids[5][4];
+    char ids[5][16];
     for (int i = 0; i < 5; i++) {
         snprintf(ids[i], sizeof ids[i], "%d", i + 1);
         v[i] = (vx_vector_in){ids[i], vals[i], NULL, NULL};
