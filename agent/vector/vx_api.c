@@ -1090,14 +1090,15 @@ static void handle_create(vreq *q)
         return;
     }
     snprintf(c.name, sizeof c.name, "%s", json_string_value(name));
-    if (json_is_string(desc))
+    bool has_desc = json_is_string(desc);
+    if (has_desc)
         c.description = strdup(json_string_value(desc));
     c.created_ms = c.modified_ms = pl_time_wall_ms();
     c.hnsw.M = (uint32_t)g_opts.hnsw_m;
     c.hnsw.ef_construction = (uint32_t)g_opts.hnsw_ef_construction;
     c.hnsw.ef_search = (uint32_t)g_opts.hnsw_ef_search;
-    json_decref(in);
-    if (json_is_string(desc) && !c.description) {
+    json_decref(in); /* name, desc and cfg die with it */
+    if (has_desc && !c.description) {
         vx_index_config_free(&c);
         reply_err(q, 500, VX_API_ERR_STORE, "out of memory");
         return;

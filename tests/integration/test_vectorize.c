@@ -438,7 +438,7 @@ Test(vectorize, every_body_shape_and_unparsable_behavior, .timeout = 60)
     /* insert keeps an existing id; upsert replaces vector and metadata. */
     m = write_vectors(&a, "shapes", "insert", "application/x-ndjson",
                       "{\"id\":\"a\",\"values\":[100,100],\"metadata\":{\"v\":2}}");
-    wait_applied(&a, "shapes", m);
+    json_decref(wait_applied(&a, "shapes", m));
     json_t *got = ok(&a, "POST", PREFIX "/shapes/get_by_ids", "{\"ids\":[\"a\"]}");
     cr_assert_eq(json_array_size(got), 1);
     cr_assert_eq(json_number_value(json_array_get(json_object_get(json_array_get(got, 0), "values"), 0)), 1.0);
