@@ -32,9 +32,10 @@
 #define BOUNDARY_MAX 70
 /* Parts of a multipart body looked at (the vectors are in the first). */
 #define MULTIPART_PARTS_MAX 16
-/* Answers serialize floats with 9 significant digits: enough for any
- * float32, and values go through float_json first (shortest form). */
-#define JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(9))
+/* Answers keep jansson's 17 significant digits, so that metadata numbers
+ * (doubles) come back exactly; vector values and scores (float32) are
+ * written by hand in their shortest form (fput_float). */
+#define JSON_FLAGS JSON_COMPACT
 
 /* ------------------------------------------------------------------------ */
 /* state and metrics                                                         */
@@ -186,29 +187,18 @@ static json_t *mutation_json(uint64_t id)
     return json_string(buf);
 }
 
-/* A float as the shortest decimal that reads back as the same float, so
- * that 58.8 stored comes back as 58.8 (with JSON_REAL_PRECISION(9)), not
- * as the 17 digits of its widening to double. */
-static json_t *float_json(float f)
+/* A float32 as the shortest decimal that reads back as the same float, so
+ * that 58.8 stored comes back as 58.8, not as the 17 digits of its widening
+ * to double (58.799999237060547). */
+static void fput_float(FILE *f, float v)
 {
     char buf[32];
     for (int p = 6; p <= 9; p++) {
-        snprintf(buf, sizeof buf, "%.*g", p, (double)f);
-        if (strtof(buf, NULL) == f)
-            return json_real(strtod(buf, NULL));
+        snprintf(buf, sizeof buf, "%.*g", p, (double)v);
+        if (strtof(buf, NULL) == v)
+            break;
     }
-    return json_real((double)f);
-}
-
-static json_t *floats_json(const float *v, size_t n)
-{
-    json_t *a = json_array();
-    for (size_t i = 0; a && i < n; i++)
-        if (json_array_append_new(a, float_json(v[i])) != 0) {
-            json_decref(a);
-            return NULL;
-        }
-    return a;
+    fputs(buf, f);
 }
 
 /* List cursors are the hex of the last id of the page (ids are bytes). */
@@ -1299,21 +1289,76 @@ static int read_ids(const json_t *in, const char ***ids, size_t *n, char *err, s
     return 0;
 }
 
-/* One match or stored vector as JSON. */
-static json_t *match_json(const vx_match *m, bool with_score, uint32_t dim)
+/* One match or stored vector as JSON text: id, score (queries), values,
+ * metadata, namespace, as they were asked for. */
+static void fput_match(FILE *f, const vx_match *m, bool with_score, uint32_t dim)
 {
-    json_t *o = json_pack("{s:s}", "id", m->id);
-    if (!o)
-        return NULL;
-    if (with_score)
-        json_object_set_new(o, "score", json_real((double)m->score));
-    if (m->values)
-        json_object_set_new(o, "values", floats_json(m->values, dim));
-    if (m->metadata)
-        json_object_set(o, "metadata", m->metadata);
-    if (m->ns)
-        json_object_set_new(o, "namespace", json_string(m->ns));
-    return o;
+    json_t *id = json_string(m->id);
+    fputs("{\"id\":", f);
+    if (!id || json_dumpf(id, f, JSON_FLAGS | JSON_ENCODE_ANY) != 0)
+        fputs("\"\"", f);
+    json_decref(id);
+    if (with_score) {
+        fputs(",\"score\":", f);
+        fput_float(f, isfinite(m->score) ? m->score : 0.0f);
+    }
+    if (m->values) {
+        fputs(",\"values\":[", f);
+        for (uint32_t i = 0; i < dim; i++) {
+            if (i)
+                fputc(',', f);
+            fput_float(f, m->values[i]);
+        }
+        fputc(']', f);
+    }
+    if (m->metadata) {
+        fputs(",\"metadata\":", f);
+        if (json_dumpf(m->metadata, f, JSON_FLAGS | JSON_ENCODE_ANY) != 0)
+            fputs("null", f);
+    }
+    if (m->ns) {
+        json_t *ns = json_string(m->ns);
+        fputs(",\"namespace\":", f);
+        if (!ns || json_dumpf(ns, f, JSON_FLAGS | JSON_ENCODE_ANY) != 0)
+            fputs("null", f);
+        json_decref(ns);
+    }
+    fputc('}', f);
+}
+
+/* Answers 200 with the matches: {"count": n, "matches": [...]} for a query,
+ * the bare array for get_by_ids, in the envelope. */
+static void reply_matches(vreq *q, const vx_match *ms, size_t n, bool query, uint32_t dim)
+{
+    char *body = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&body, &len);
+    if (!f) {
+        reply_err(q, 500, VX_API_ERR_STORE, "out of memory");
+        return;
+    }
+    fputs("{\"result\":", f);
+    if (query)
+        fprintf(f, "{\"count\":%zu,\"matches\":", n);
+    fputc('[', f);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            fputc(',', f);
+        fput_match(f, &ms[i], query, dim);
+    }
+    fputc(']', f);
+    if (query)
+        fputc('}', f);
+    fputs(",\"success\":true,\"errors\":[],\"messages\":[]}", f);
+    bool bad = ferror(f) != 0;
+    if (fclose(f) != 0 || bad || !body) {
+        free(body);
+        reply_err(q, 500, VX_API_ERR_STORE, "out of memory");
+        return;
+    }
+    count_request(q, 200);
+    op_http_respond(q->r, 200, "application/json", body, len);
+    free(body);
 }
 
 static void handle_get_by_ids(vreq *q, vx_index *x)
@@ -1338,15 +1383,8 @@ static void handle_get_by_ids(vreq *q, vx_index *x)
         reply_vx(q, rc, err);
         return;
     }
-    uint32_t dim = vx_index_get_config(x)->dimensions;
-    json_t *arr = json_array();
-    for (size_t i = 0; arr && i < nm; i++)
-        if (json_array_append_new(arr, match_json(&ms[i], false, dim)) != 0) {
-            json_decref(arr);
-            arr = NULL;
-        }
+    reply_matches(q, ms, nm, false, vx_index_get_config(x)->dimensions);
     vx_matches_free(ms, nm);
-    reply_ok(q, arr);
 }
 
 static void handle_delete_by_ids(vreq *q, vx_index *x)
@@ -1507,14 +1545,8 @@ static void handle_query(vreq *q, vx_index *x)
         reply_vx(q, rc, err);
         return;
     }
-    json_t *arr = json_array();
-    for (size_t i = 0; arr && i < nm; i++)
-        if (json_array_append_new(arr, match_json(&ms[i], true, c->dimensions)) != 0) {
-            json_decref(arr);
-            arr = NULL;
-        }
+    reply_matches(q, ms, nm, true, c->dimensions);
     vx_matches_free(ms, nm);
-    reply_ok(q, arr ? json_pack("{s:I, s:o}", "count", (json_int_t)nm, "matches", arr) : NULL);
 }
 
 static void handle_list_vectors(vreq *q, vx_index *x)

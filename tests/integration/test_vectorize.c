@@ -444,12 +444,17 @@ Test(vectorize, every_body_shape_and_unparsable_behavior, .timeout = 60)
     cr_assert_eq(json_number_value(json_array_get(json_object_get(json_array_get(got, 0), "values"), 0)), 1.0);
     json_decref(got);
     m = write_vectors(&a, "shapes", "upsert", "application/x-ndjson",
-                      "{\"id\":\"a\",\"values\":[100,100],\"metadata\":{\"v\":2}}");
+                      "{\"id\":\"a\",\"values\":[100,100],\"metadata\":{\"v\":2,"
+                      "\"pi\":3.141592653589793,\"tiny\":1e-300}}");
     cr_assert_eq(vector_count(&a, "shapes", m), 11);
     got = ok(&a, "POST", PREFIX "/shapes/get_by_ids", "{\"ids\":[\"a\"]}");
     json_t *v0 = json_array_get(got, 0);
     cr_assert_eq(json_number_value(json_array_get(json_object_get(v0, "values"), 0)), 100.0);
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(v0, "metadata"), "v")), 2);
+    /* Metadata numbers are doubles and come back exactly. */
+    cr_assert_eq(json_real_value(json_object_get(json_object_get(v0, "metadata"), "pi")),
+                 3.141592653589793);
+    cr_assert_eq(json_real_value(json_object_get(json_object_get(v0, "metadata"), "tiny")), 1e-300);
     json_decref(got);
     /* euclidean scores are distances: the closest first, 0 for itself. */
     res = query(&a, "shapes", "{\"vector\":[3,4],\"topK\":2}");
