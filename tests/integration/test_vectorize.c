@@ -13,8 +13,11 @@
  * with the limit named, and the 404/405/409 answers; account isolation and
  * tokens; text in through an index whose preset is a local embedder (the
  * echo test plugin, always; the seed's embeddings example with the bundled
- * all-MiniLM-L6-v2, skipped visibly without `make models`); kill -9 after
- * acknowledged upserts, then everything there after the restart; metrics.
+ * all-MiniLM-L6-v2, skipped visibly without `make models`), and text
+ * refused with 503 once the model is gone; kill -9 after acknowledged
+ * upserts, then everything there after the restart; writers and readers at
+ * once; damaged bodies; metrics; Cloudflare's Python SDK
+ * (tests/sdk/cloudflare_vectorize.py, skipped visibly without the venv).
  *
  * Mutations apply asynchronously: every read after a write first polls info
  * until processedUpToMutation reaches the write's mutationId.
@@ -23,7 +26,9 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1355,5 +1360,170 @@ Test(vectorize, cloudflare_python_sdk, .timeout = 180)
     cr_expect_eq(rc, 0, "cloudflare_vectorize.py failed (rc %d):\n%s", rc, out);
     cr_expect(strstr(out, "cloudflare_vectorize: all checks passed") != NULL, "%s", out);
     free(out);
+    cr_assert_eq(ts_agent_stop(&a), 0);
+}
+
+/* An index that takes text keeps its model's name: after a reload that
+ * drops the model, text is refused with 503 (values still work); a preset
+ * naming a model that failed to load cannot size an index. */
+Test(vectorize, text_in_without_its_model, .timeout = 60)
+{
+    ts_agent a;
+    ts_agent_start(&a, CONFIG_HEAD "  - id: \"@local/broken\"\n    plugin: nosuchplugin\n"
+                                   "    task: text-embeddings\ndata_dir: @DIR@/var\n");
+    expect_err(&a, "POST", PREFIX, "{\"name\":\"b\",\"config\":{\"preset\":\"@local/broken\"}}",
+               503, "not loaded");
+    json_decref(ok(&a, "POST", PREFIX, "{\"name\":\"t\",\"config\":{\"preset\":\"@local/emb\"}}"));
+    unsigned long long m = write_vectors(&a, "t", "upsert", "application/x-ndjson",
+                                         "{\"id\":\"1\",\"text\":\"before the reload\"}");
+    cr_assert_eq(vector_count(&a, "t", m), 1);
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "server:\n  listen: 127.0.0.1:%d\n  workers: 4\nplugins:\n  dirs: [%s]\n"
+             "accounts:\n  - id: local\ndata_dir: %s/var\n",
+             a.port, OUTPOST_TEST_PLUGIN_DIR, a.dir);
+    free(ts_write_file(a.dir, "outpost.yaml", cfg));
+    ts_agent_signal(&a, SIGHUP);
+    bool reloaded = false;
+    for (int i = 0; i < 200 && !reloaded; i++) {
+        char *log = ts_agent_log(&a);
+        reloaded = strstr(log, "reload.done") != NULL;
+        free(log);
+        struct timespec ts = {0, 25 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert(reloaded, "no reload.done in the agent's log");
+    char url[256];
+    snprintf(url, sizeof url, "%s" PREFIX "/t/upsert", a.base_url);
+    ts_response r;
+    const char *body = "{\"id\":\"2\",\"text\":\"after the reload\"}";
+    raw_http(&r, "POST", url, "application/x-ndjson", body, strlen(body));
+    expect_err_resp(&r, 503, "@local/emb", "text without the model");
+    expect_err(&a, "POST", PREFIX "/t/query", "{\"text\":\"x\"}", 503, "@local/emb");
+    /* Vectors with values, and queries by vector, go on. */
+    char vals[256] = "{\"id\":\"3\",\"values\":[1";
+    for (int k = 1; k < 16; k++)
+        strcat(vals, ",0");
+    strcat(vals, "]}");
+    m = write_vectors(&a, "t", "upsert", "application/x-ndjson", vals);
+    cr_assert_eq(vector_count(&a, "t", m), 2);
+    json_t *res = query(&a, "t", "{\"vectorId\":\"3\",\"topK\":1}");
+    char ids[32];
+    match_ids(res, ids, sizeof ids);
+    cr_assert_str_eq(ids, "3");
+    json_decref(res);
+    cr_assert_eq(ts_agent_stop(&a), 0);
+}
+
+/* Writers and readers at once: every write acknowledged with its own
+ * mutation id, every query answered, the count right at the end. */
+typedef struct par_ctx {
+    const ts_agent *a;
+    int thread;
+    _Atomic int *failures;
+    unsigned long long max_mutation;
+    unsigned long long ids[16];
+} par_ctx;
+
+/* One POST without criterion asserts (they belong to the main thread):
+ * the status, or -1 when the request failed; body in *out (malloc'd). */
+static long post_quiet(const char *url, const char *body, char **out)
+{
+    CURL *c = curl_easy_init();
+    if (!c)
+        return -1;
+    ts_response r;
+    memset(&r, 0, sizeof r);
+    struct curl_slist *hl = curl_slist_append(NULL, "Content-Type: application/json");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 60000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    long status = -1;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(c);
+    *out = r.body;
+    return status;
+}
+
+static void *par_writer(void *arg)
+{
+    par_ctx *p = arg;
+    char url[256], body[4096];
+    snprintf(url, sizeof url, "%s" PREFIX "/par/upsert", p->a->base_url);
+    for (int b = 0; b < 16; b++) {
+        size_t len = 0;
+        for (int i = 0; i < 10; i++)
+            len += (size_t)snprintf(body + len, sizeof body - len,
+                                    "{\"id\":\"t%d-%d-%d\",\"values\":[%d,%d,1]}\n", p->thread,
+                                    b, i, p->thread + 1, b * 10 + i + 1);
+        char *out = NULL;
+        long st = post_quiet(url, body, &out);
+        json_t *env = out ? json_loads(out, 0, NULL) : NULL;
+        const char *mid = json_string_value(
+            json_object_get(json_object_get(env, "result"), "mutationId"));
+        if (st != 200 || !mid)
+            atomic_fetch_add(p->failures, 1);
+        else
+            p->ids[b] = strtoull(mid, NULL, 10);
+        if (mid && p->ids[b] > p->max_mutation)
+            p->max_mutation = p->ids[b];
+        json_decref(env);
+        free(out);
+    }
+    return NULL;
+}
+
+static void *par_reader(void *arg)
+{
+    par_ctx *p = arg;
+    char url[256];
+    snprintf(url, sizeof url, "%s" PREFIX "/par/query", p->a->base_url);
+    for (int i = 0; i < 40; i++) {
+        char *out = NULL;
+        long st = post_quiet(url,
+                             "{\"vector\":[1,2,1],\"topK\":10,\"returnMetadata\":\"all\","
+                             "\"returnValues\":true}",
+                             &out);
+        if (st != 200 || !out || !strstr(out, "\"success\":true"))
+            atomic_fetch_add(p->failures, 1);
+        free(out);
+    }
+    return NULL;
+}
+
+Test(vectorize, writers_and_readers_at_once, .timeout = 60)
+{
+    ts_agent a;
+    ts_agent_start(&a, CONFIG);
+    create_index(&a, "par", 3, "euclidean");
+    _Atomic int failures = 0;
+    enum { WRITERS = 4, READERS = 2 };
+    par_ctx ctx[WRITERS + READERS];
+    pthread_t th[WRITERS + READERS];
+    for (int i = 0; i < WRITERS + READERS; i++) {
+        ctx[i] = (par_ctx){.a = &a, .thread = i, .failures = &failures};
+        pthread_create(&th[i], NULL, i < WRITERS ? par_writer : par_reader, &ctx[i]);
+    }
+    unsigned long long last = 0;
+    for (int i = 0; i < WRITERS + READERS; i++) {
+        pthread_join(th[i], NULL);
+        if (ctx[i].max_mutation > last)
+            last = ctx[i].max_mutation;
+    }
+    cr_assert_eq(atomic_load(&failures), 0);
+    /* Each acknowledgement has its own mutation id. */
+    unsigned long long all[WRITERS * 16];
+    for (int i = 0; i < WRITERS; i++)
+        memcpy(all + i * 16, ctx[i].ids, sizeof ctx[i].ids);
+    for (int i = 0; i < WRITERS * 16; i++)
+        for (int k = i + 1; k < WRITERS * 16; k++)
+            cr_assert_neq(all[i], all[k], "mutation id %llu given twice", all[i]);
+    cr_assert_eq(vector_count(&a, "par", last), WRITERS * 16 * 10);
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
