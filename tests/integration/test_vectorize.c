@@ -1527,3 +1527,26 @@ Test(vectorize, writers_and_readers_at_once, .timeout = 60)
     cr_assert_eq(vector_count(&a, "par", last), WRITERS * 16 * 10);
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
+
+/* A body over server.max_body_bytes is refused before it is read, in the
+ * envelope; the limit is named. */
+Test(vectorize, body_over_the_server_limit_is_413, .timeout = 60)
+{
+    ts_agent a;
+    ts_agent_start(&a, "server:\n  listen: 127.0.0.1:@PORT@\n  max_body_bytes: 64KiB\n"
+                       "data_dir: @DIR@/var\naccounts:\n  - id: local\n");
+    create_index(&a, "small", 3, "cosine");
+    char *body = many_vectors(3000, 3); /* about 90 KB */
+    cr_assert_gt(strlen(body), 65536);
+    char url[256];
+    snprintf(url, sizeof url, "%s" PREFIX "/small/upsert", a.base_url);
+    ts_response r;
+    raw_http(&r, "POST", url, "application/x-ndjson", body, strlen(body));
+    expect_err_resp(&r, 413, "server.max_body_bytes", "a body over the limit");
+    free(body);
+    body = many_vectors(1000, 3);
+    unsigned long long m = write_vectors(&a, "small", "upsert", "application/x-ndjson", body);
+    free(body);
+    cr_assert_eq(vector_count(&a, "small", m), 1000);
+    cr_assert_eq(ts_agent_stop(&a), 0);
+}
