@@ -53,9 +53,9 @@ static void metrics_init(void)
     static const char *const req_l[] = {"op", "status", NULL};
     static const char *const op_l[] = {"op", NULL};
     static const char *const idx_l[] = {"account", "index", NULL};
-    m_requests = op_metric_counter("outpost_vectorize_requests_total",
-                                   "Vectorize API requests answered, by operation and status.",
-                                   req_l);
+    m_requests =
+        op_metric_counter("outpost_vectorize_requests_total",
+                          "Vectorize API requests answered, by operation and status.", req_l);
     /* An in-memory query takes tens of microseconds on small indexes:
      * buckets from 10 us, where the default ones start at 100 us. */
     static const double query_b[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
@@ -65,9 +65,9 @@ static void metrics_init(void)
                                     "Vectorize queries: from the parsed request to the matches "
                                     "(embedding of a text query excluded).",
                                     NULL, query_b, sizeof query_b / sizeof query_b[0]);
-    m_mutations = op_metric_counter("outpost_vectorize_mutations_total",
-                                    "Vectorize mutations acknowledged (durable), by operation.",
-                                    op_l);
+    m_mutations =
+        op_metric_counter("outpost_vectorize_mutations_total",
+                          "Vectorize mutations acknowledged (durable), by operation.", op_l);
     m_mut_vectors = op_metric_counter("outpost_vectorize_mutation_vectors_total",
                                       "Vectors (or ids) carried by acknowledged mutations.", op_l);
     m_vectors = op_metric_gauge("outpost_vectorize_vectors",
@@ -92,7 +92,7 @@ typedef struct vreq {
     op_http_req *r;
     op_runtime *rt;
     const char *account;
-    const char *op;       /* metric label, a static string */
+    const char *op; /* metric label, a static string */
 } vreq;
 
 static void count_request(const vreq *q, int status)
@@ -297,15 +297,15 @@ static json_t *body_object(vreq *q)
  * metadata point into docs, which the batch keeps alive. */
 typedef struct vbatch {
     uint32_t dim;
-    bool text_ok;              /* the index embeds "text" */
-    vx_vector_in *v;           /* n of cap */
-    const char **text;         /* per vector: the text to embed, or NULL */
-    float *values;             /* cap * dim; v[i].values set once parsing ends */
+    bool text_ok;      /* the index embeds "text" */
+    vx_vector_in *v;   /* n of cap */
+    const char **text; /* per vector: the text to embed, or NULL */
+    float *values;     /* cap * dim; v[i].values set once parsing ends */
     size_t n, cap;
     size_t n_text;
-    json_t **docs;             /* one reference each */
+    json_t **docs; /* one reference each */
     size_t ndocs, docs_cap;
-    size_t discarded;          /* unparsable lines skipped (unparsable-behavior=discard) */
+    size_t discarded; /* unparsable lines skipped (unparsable-behavior=discard) */
 } vbatch;
 
 static void batch_free(vbatch *b)
@@ -356,7 +356,7 @@ static int batch_grow(vbatch *b)
 }
 
 /* Reads a JSON array of exactly dim numbers into out. where names it in
- * messages ("line 3: 'values'", "'vector'"). */
+ * messages ("line 3: values", "vector"). */
 static int read_values(const json_t *a, uint32_t dim, float *out, const char *where, char *err,
                        size_t errlen)
 {
@@ -400,15 +400,13 @@ static int batch_add(vbatch *b, json_t *o, const char *where, char *err, size_t 
     }
     const json_t *id = json_object_get(o, "id");
     if (!json_is_string(id)) {
-        snprintf(err, errlen, "%s: 'id' must be a string (1 to %d bytes)", where,
-                 VX_INDEX_ID_MAX);
+        snprintf(err, errlen, "%s: 'id' must be a string (1 to %d bytes)", where, VX_INDEX_ID_MAX);
         return -1;
     }
     size_t idlen = json_string_length(id);
     if (idlen == 0 || idlen > VX_INDEX_ID_MAX || strlen(json_string_value(id)) != idlen) {
-        snprintf(err, errlen,
-                 "%s: 'id' is %zu bytes; ids must be 1 to %d bytes (and hold no NUL)", where,
-                 idlen, VX_INDEX_ID_MAX);
+        snprintf(err, errlen, "%s: 'id' is %zu bytes; ids must be 1 to %d bytes (and hold no NUL)",
+                 where, idlen, VX_INDEX_ID_MAX);
         return -1;
     }
     const json_t *ns = json_object_get(o, "namespace");
@@ -419,8 +417,8 @@ static int batch_add(vbatch *b, json_t *o, const char *where, char *err, size_t 
         }
         size_t nl = json_string_length(ns);
         if (nl > VX_INDEX_NAMESPACE_MAX || strlen(json_string_value(ns)) != nl) {
-            snprintf(err, errlen, "%s: 'namespace' is %zu bytes; the limit is %d bytes", where,
-                     nl, VX_INDEX_NAMESPACE_MAX);
+            snprintf(err, errlen, "%s: 'namespace' is %zu bytes; the limit is %d bytes", where, nl,
+                     VX_INDEX_NAMESPACE_MAX);
             return -1;
         }
     }
@@ -467,8 +465,8 @@ static int batch_add(vbatch *b, json_t *o, const char *where, char *err, size_t 
                  where, b->dim);
         return -1;
     } else {
-        snprintf(err, errlen, "%s: 'values' is required (an array of %u numbers)%s", where,
-                 b->dim, b->text_ok ? ", or 'text' to embed" : "");
+        snprintf(err, errlen, "%s: 'values' is required (an array of %u numbers)%s", where, b->dim,
+                 b->text_ok ? ", or 'text' to embed" : "");
         return -1;
     }
     if (batch_keep(b, o) != 0) {
@@ -647,8 +645,8 @@ static int parse_vectors(op_http_req *r, vbatch *b, bool discard, char *err, siz
         return parse_ndjson(b, part, plen, discard, err, errlen);
     }
     size_t off = 0;
-    while (off < len && (body[off] == ' ' || body[off] == '\t' || body[off] == '\r' ||
-                         body[off] == '\n'))
+    while (off < len &&
+           (body[off] == ' ' || body[off] == '\t' || body[off] == '\r' || body[off] == '\n'))
         off++;
     char c = off < len ? body[off] : '\0';
     if (c == '[' || c == '"' || c == '{') {
@@ -661,9 +659,7 @@ static int parse_vectors(op_http_req *r, vbatch *b, bool discard, char *err, siz
         }
         if (all) {
             int rc = 0;
-            json_t *list = json_is_array(all)                        ? all
-                           : json_is_object(all)                     ? json_object_get(all, "vectors")
-                                                                     : NULL;
+            json_t *list = json_is_array(all) ? all : json_object_get(all, "vectors");
             if (json_is_string(all)) {
                 rc = parse_ndjson(b, json_string_value(all), json_string_length(all), discard, err,
                                   errlen);
@@ -838,8 +834,8 @@ static int embed_chunk(op_runtime *rt, const op_runtime_model *m, const char *co
     op_infer_callbacks cb = {.ctx = c, .on_emit = NULL, .on_complete = embed_on_complete};
     op_infer *inf = NULL;
     char err[512];
-    int code = op_infer_submit(m->model, m->cfg->id, m->cfg->task, body, strlen(body), 0, &cb,
-                               &inf, err, sizeof err);
+    int code = op_infer_submit(m->model, m->cfg->id, m->cfg->task, body, strlen(body), 0, &cb, &inf,
+                               err, sizeof err);
     free(body);
     if (code != 0) {
         atomic_store(&c->refs, 1); /* no completion will come */
@@ -925,10 +921,8 @@ static const struct {
     const char *name;
     uint32_t dimensions;
 } cf_presets[] = {
-    {"@cf/baai/bge-small-en-v1.5", 384},
-    {"@cf/baai/bge-base-en-v1.5", 768},
-    {"@cf/baai/bge-large-en-v1.5", 1024},
-    {"openai/text-embedding-ada-002", 1536},
+    {"@cf/baai/bge-small-en-v1.5", 384},     {"@cf/baai/bge-base-en-v1.5", 768},
+    {"@cf/baai/bge-large-en-v1.5", 1024},    {"openai/text-embedding-ada-002", 1536},
     {"cohere/embed-multilingual-v2.0", 768},
 };
 
@@ -1000,9 +994,8 @@ static json_t *index_json(vx_index *x)
     if (!cfg)
         return NULL;
     return json_pack("{s:s, s:o, s:o, s:o, s:o}", "name", c->name, "description",
-                     c->description ? json_string(c->description) : json_string(""), "config",
-                     cfg, "created_on", iso8601(c->created_ms), "modified_on",
-                     iso8601(c->modified_ms));
+                     c->description ? json_string(c->description) : json_string(""), "config", cfg,
+                     "created_on", iso8601(c->created_ms), "modified_on", iso8601(c->modified_ms));
 }
 
 static void handle_create(vreq *q)
@@ -1106,8 +1099,7 @@ static void handle_create(vreq *q)
                   c.name);
     else if (rc == -ENOSPC)
         reply_err(q, 409, VX_API_ERR_TOO_MANY,
-                  "this account has reached its limit of indexes (vectorize.max_indexes): %s",
-                  err);
+                  "this account has reached its limit of indexes (vectorize.max_indexes): %s", err);
     else if (rc != 0)
         reply_vx(q, rc, err);
     else
@@ -1268,8 +1260,7 @@ static int read_ids(const json_t *in, const char ***ids, size_t *n, char *err, s
     }
     size_t k = json_array_size(a);
     if (k > VX_INDEX_IDS_MAX) {
-        snprintf(err, errlen, "'ids' has %zu ids; at most %d ids per request", k,
-                 VX_INDEX_IDS_MAX);
+        snprintf(err, errlen, "'ids' has %zu ids; at most %d ids per request", k, VX_INDEX_IDS_MAX);
         return -1;
     }
     const char **out = malloc(k * sizeof *out);
@@ -1438,8 +1429,8 @@ static void handle_query(vreq *q, vx_index *x)
     const json_t *jrm = json_object_get(in, "returnMetadata");
     const json_t *jns = json_object_get(in, "namespace");
     const json_t *jf = json_object_get(in, "filter");
-    int given = (jv && !json_is_null(jv)) + (jid && !json_is_null(jid)) +
-                (jtext && !json_is_null(jtext));
+    int given =
+        (jv && !json_is_null(jv)) + (jid && !json_is_null(jid)) + (jtext && !json_is_null(jtext));
     long long k = VX_INDEX_TOPK_DEFAULT;
 
     if (given != 1) {
@@ -1448,8 +1439,7 @@ static void handle_query(vreq *q, vx_index *x)
                  "a stored vector)%s",
                  c->dimensions, c->embed_model ? " or 'text' (embedded by the index's model)" : "");
     } else if (jk && !json_is_null(jk) && !json_whole(jk, 1, VX_INDEX_TOPK_MAX, &k)) {
-        snprintf(err, sizeof err, "'topK' must be a whole number from 1 to %d",
-                 VX_INDEX_TOPK_MAX);
+        snprintf(err, sizeof err, "'topK' must be a whole number from 1 to %d", VX_INDEX_TOPK_MAX);
     } else if (jrv && !json_is_null(jrv) && !json_is_boolean(jrv)) {
         snprintf(err, sizeof err, "'returnValues' must be true or false");
     } else if (jns && !json_is_null(jns) &&
@@ -1537,7 +1527,8 @@ static void handle_query(vreq *q, vx_index *x)
     size_t nm = 0;
     uint64_t t0 = pl_time_mono_ns();
     int rc = vx_index_query(x, &qq, &ms, &nm, err, sizeof err);
-    op_histogram_observe(op_metric_child_get(m_query_s, NULL), (double)(pl_time_mono_ns() - t0) / 1e9);
+    op_histogram_observe(op_metric_child_get(m_query_s, NULL),
+                         (double)(pl_time_mono_ns() - t0) / 1e9);
     free(vec);
     vx_filter_free(filter);
     if (rc == -ENOENT && qq.by_id) {
@@ -1678,8 +1669,8 @@ static void handle_meta_list(vreq *q, vx_index *x)
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n && i < VX_META_MAX_INDEXES; i++)
         if (json_array_append_new(arr, json_pack("{s:s, s:s}", "propertyName", defs[i].property,
-                                                 "indexType",
-                                                 vx_meta_type_name(defs[i].type))) != 0) {
+                                                 "indexType", vx_meta_type_name(defs[i].type))) !=
+            0) {
             json_decref(arr);
             arr = NULL;
         }
@@ -1690,13 +1681,23 @@ static void handle_meta_list(vreq *q, vx_index *x)
 /* routing                                                                   */
 /* ------------------------------------------------------------------------ */
 
-typedef enum { H_INFO, H_INSERT, H_UPSERT, H_QUERY, H_GET_IDS, H_DEL_IDS, H_LIST, H_META_CREATE,
-               H_META_LIST, H_META_DELETE } handler_id;
+typedef enum {
+    H_INFO,
+    H_INSERT,
+    H_UPSERT,
+    H_QUERY,
+    H_GET_IDS,
+    H_DEL_IDS,
+    H_LIST,
+    H_META_CREATE,
+    H_META_LIST,
+    H_META_DELETE
+} handler_id;
 
 static const struct {
     const char *path; /* after /indexes/{name} */
     const char *method;
-    const char *op;   /* metric label */
+    const char *op; /* metric label */
     handler_id h;
 } index_routes[] = {
     {"/info", "GET", "info", H_INFO},
@@ -1711,13 +1712,15 @@ static const struct {
     {"/metadata_index/delete", "POST", "metadata_index_delete", H_META_DELETE},
 };
 
-static bool method_is(vreq *q, const char *m) { return strcmp(op_http_req_method(q->r), m) == 0; }
+static bool method_is(vreq *q, const char *m)
+{
+    return strcmp(op_http_req_method(q->r), m) == 0;
+}
 
 static void method_not_allowed(vreq *q, const char *allow)
 {
     op_http_add_header(q->r, "Allow", allow);
-    reply_err(q, 405, OP_API_ERR_METHOD, "method not allowed for this route (allowed: %s)",
-              allow);
+    reply_err(q, 405, OP_API_ERR_METHOD, "method not allowed for this route (allowed: %s)", allow);
 }
 
 static void no_route(vreq *q)

@@ -61,14 +61,14 @@
 /* Error codes of this API (errors[].code; docs/vectorize.md). Invalid input
  * is op_api's 5004 (400), unknown routes 7000, wrong methods 7001. */
 enum {
-    VX_API_ERR_NO_INDEX = 7100,    /* 404: no index of that name in the account */
-    VX_API_ERR_EXISTS = 7101,      /* 409: the index or metadata index exists */
-    VX_API_ERR_TOO_MANY = 7102,    /* 409: vectorize.max_indexes reached */
-    VX_API_ERR_NOT_FOUND = 7103,   /* 404: no such vector (query by id), metadata index */
-    VX_API_ERR_BUSY = 7104,        /* 429: too many mutations pending (Retry-After) */
-    VX_API_ERR_STORE = 7105,       /* 503: the disk failed, or the index is closing */
-    VX_API_ERR_EMBED = 7106,       /* 503 / 4xx: the embedding model failed or refused */
-    VX_API_ERR_DISABLED = 7107,    /* 404: vectorize.enabled is false */
+    VX_API_ERR_NO_INDEX = 7100,  /* 404: no index of that name in the account */
+    VX_API_ERR_EXISTS = 7101,    /* 409: the index or metadata index exists */
+    VX_API_ERR_TOO_MANY = 7102,  /* 409: vectorize.max_indexes reached */
+    VX_API_ERR_NOT_FOUND = 7103, /* 404: no such vector (query by id), metadata index */
+    VX_API_ERR_BUSY = 7104,      /* 429: too many mutations pending (Retry-After) */
+    VX_API_ERR_STORE = 7105,     /* 503: the disk failed, or the index is closing */
+    VX_API_ERR_EMBED = 7106,     /* 503 / 4xx: the embedding model failed or refused */
+    VX_API_ERR_DISABLED = 7107,  /* 404: vectorize.enabled is false */
 };
 
 /* Texts embedded per inference request (the rest in further requests). */

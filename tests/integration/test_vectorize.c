@@ -41,12 +41,12 @@
 
 #define PREFIX "/client/v4/accounts/local/vectorize/v2/indexes"
 
-#define CONFIG_HEAD                                                                      \
-    "server:\n  listen: 127.0.0.1:@PORT@\n  workers: 4\n"                                \
-    "plugins:\n  dirs: [@PLUGINS@]\naccounts:\n  - id: local\n  - id: other\n"           \
-    "models:\n"                                                                          \
-    "  - id: \"@local/emb\"\n    plugin: echo\n    task: text-embeddings\n"              \
-    "    aliases: [\"@cf/baai/bge-small-en-v1.5\"]\n    options: {dimensions: 16}\n"     \
+#define CONFIG_HEAD                                                                                \
+    "server:\n  listen: 127.0.0.1:@PORT@\n  workers: 4\n"                                          \
+    "plugins:\n  dirs: [@PLUGINS@]\naccounts:\n  - id: local\n  - id: other\n"                     \
+    "models:\n"                                                                                    \
+    "  - id: \"@local/emb\"\n    plugin: echo\n    task: text-embeddings\n"                        \
+    "    aliases: [\"@cf/baai/bge-small-en-v1.5\"]\n    options: {dimensions: 16}\n"               \
     "  - id: \"@local/gen\"\n    plugin: echo\n    task: text-generation\n"
 
 #define CONFIG CONFIG_HEAD "data_dir: @DIR@/var\n"
@@ -134,16 +134,13 @@ static json_t *ok(const ts_agent *a, const char *method, const char *path, const
  * that contains want. */
 static void expect_err_resp(ts_response *r, long status, const char *want, const char *what)
 {
-    cr_assert_eq(r->status, status, "%s: want %ld, got %ld: %s", what, status, r->status,
-                 r->body);
+    cr_assert_eq(r->status, status, "%s: want %ld, got %ld: %s", what, status, r->status, r->body);
     json_t *env = json_loads(r->body, 0, NULL);
     cr_assert_not_null(env, "%s: not JSON: %s", what, r->body);
     cr_assert(json_is_false(json_object_get(env, "success")), "%s", r->body);
     cr_assert(json_is_null(json_object_get(env, "result")), "%s", r->body);
-    const char *msg = json_string_value(json_object_get(json_array_get(json_object_get(env,
-                                                                                       "errors"),
-                                                                       0),
-                                                        "message"));
+    const char *msg = json_string_value(
+        json_object_get(json_array_get(json_object_get(env, "errors"), 0), "message"));
     cr_assert_not_null(msg, "%s", r->body);
     cr_assert(strstr(msg, want) != NULL, "%s: message '%s' does not name '%s'", what, msg, want);
     json_decref(env);
@@ -228,7 +225,8 @@ static void match_ids(json_t *res, char *out, size_t cap)
 {
     json_t *ms = json_object_get(res, "matches");
     cr_assert(json_is_array(ms));
-    cr_assert_eq(json_integer_value(json_object_get(res, "count")), (json_int_t)json_array_size(ms));
+    cr_assert_eq(json_integer_value(json_object_get(res, "count")),
+                 (json_int_t)json_array_size(ms));
     out[0] = '\0';
     size_t i;
     json_t *m;
@@ -297,8 +295,8 @@ Test(vectorize, seed_recommendation_example, .timeout = 60)
     cr_assert_eq(json_integer_value(json_object_get(info, "dimensions")), 3);
     json_decref(info);
 
-    json_t *res = query(&a, "tutorial-index",
-                        "{\"vector\":[54.8,5.5,3.1],\"topK\":3,\"returnValues\":true}");
+    json_t *res =
+        query(&a, "tutorial-index", "{\"vector\":[54.8,5.5,3.1],\"topK\":3,\"returnValues\":true}");
     char ids[256];
     match_ids(res, ids, sizeof ids);
     cr_assert_str_eq(ids, "5,4,2");
@@ -314,7 +312,8 @@ Test(vectorize, seed_recommendation_example, .timeout = 60)
         cr_assert_eq(json_array_size(v), 3);
         for (size_t k = 0; k < 3; k++)
             cr_assert_eq((float)json_number_value(json_array_get(v, k)), (float)values[i][k],
-                         "match %zu value %zu: %.9g", i, k, json_number_value(json_array_get(v, k)));
+                         "match %zu value %zu: %.9g", i, k,
+                         json_number_value(json_array_get(v, k)));
         /* Values as inserted: 58.8, not 58.79999923706055. */
         cr_assert_null(json_object_get(mm, "metadata"));
         cr_assert_null(json_object_get(mm, "namespace"));
@@ -333,7 +332,8 @@ Test(vectorize, seed_recommendation_example, .timeout = 60)
     cr_assert_str_eq(json_string_value(json_object_get(md, "url")), "/products/sku/55519183");
     cr_assert_null(json_object_get(json_array_get(json_object_get(res, "matches"), 0), "values"));
     json_decref(res);
-    res = query(&a, "tutorial-index", "{\"vector\":[54.8,5.5,3.1],\"topK\":1,\"returnMetadata\":true}");
+    res = query(&a, "tutorial-index",
+                "{\"vector\":[54.8,5.5,3.1],\"topK\":1,\"returnMetadata\":true}");
     md = json_object_get(json_array_get(json_object_get(res, "matches"), 0), "metadata");
     cr_assert_str_eq(json_string_value(json_object_get(md, "url")), "/products/sku/55519183");
     json_decref(res);
@@ -353,8 +353,7 @@ Test(vectorize, seed_recommendation_example, .timeout = 60)
     match_ids(res, ids, sizeof ids);
     cr_assert_str_eq(ids, "1");
     json_decref(res);
-    expect_err(&a, "POST", PREFIX "/tutorial-index/query", "{\"vectorId\":\"nope\"}", 404,
-               "nope");
+    expect_err(&a, "POST", PREFIX "/tutorial-index/query", "{\"vectorId\":\"nope\"}", 404, "nope");
 
     /* The list of indexes holds it. */
     json_t *list = ok(&a, "GET", PREFIX, NULL);
@@ -383,8 +382,9 @@ Test(vectorize, every_body_shape_and_unparsable_behavior, .timeout = 60)
     ts_agent_start(&a, CONFIG);
     create_index(&a, "shapes", 2, "euclidean");
     unsigned long long m;
-    m = write_vectors(&a, "shapes", "insert", "application/json",
-                      "{\"vectors\":[{\"id\":\"a\",\"values\":[1,2]},{\"id\":\"b\",\"values\":[3,4]}]}");
+    m = write_vectors(
+        &a, "shapes", "insert", "application/json",
+        "{\"vectors\":[{\"id\":\"a\",\"values\":[1,2]},{\"id\":\"b\",\"values\":[3,4]}]}");
     cr_assert_eq(vector_count(&a, "shapes", m), 2);
     m = write_vectors(&a, "shapes", "insert", "application/json",
                       "[{\"id\":\"c\",\"values\":[5,6]}]");
@@ -416,7 +416,8 @@ Test(vectorize, every_body_shape_and_unparsable_behavior, .timeout = 60)
 
     /* unparsable-behavior: error (the default) names the line; discard
      * skips it. */
-    const char *bad = "{\"id\":\"j\",\"values\":[1,1]}\nnot json\n{\"id\":\"k\",\"values\":[2,2]}\n";
+    const char *bad =
+        "{\"id\":\"j\",\"values\":[1,1]}\nnot json\n{\"id\":\"k\",\"values\":[2,2]}\n";
     char url[256];
     snprintf(url, sizeof url, "%s" PREFIX "/shapes/insert", a.base_url);
     ts_response r;
@@ -428,15 +429,13 @@ Test(vectorize, every_body_shape_and_unparsable_behavior, .timeout = 60)
     snprintf(url, sizeof url, "%s" PREFIX "/shapes/insert?unparsable-behavior=maybe", a.base_url);
     raw_http(&r, "POST", url, "application/x-ndjson", bad, strlen(bad));
     expect_err_resp(&r, 400, "unparsable-behavior", "unparsable=maybe");
-    snprintf(url, sizeof url, "%s" PREFIX "/shapes/insert?unparsable-behavior=discard",
-             a.base_url);
+    snprintf(url, sizeof url, "%s" PREFIX "/shapes/insert?unparsable-behavior=discard", a.base_url);
     raw_http(&r, "POST", url, "application/x-ndjson", bad, strlen(bad));
     json_t *res = ok_result(&r, "discard");
     m = mutation_of(res);
     json_decref(res);
     cr_assert_eq(vector_count(&a, "shapes", m), 11);
-    snprintf(url, sizeof url, "%s" PREFIX "/shapes/insert?unparsable-behavior=discard",
-             a.base_url);
+    snprintf(url, sizeof url, "%s" PREFIX "/shapes/insert?unparsable-behavior=discard", a.base_url);
     raw_http(&r, "POST", url, "application/x-ndjson", "junk\n{{\n", 8);
     expect_err_resp(&r, 400, "2 unparsable lines were discarded", "all discarded");
 
@@ -446,7 +445,9 @@ Test(vectorize, every_body_shape_and_unparsable_behavior, .timeout = 60)
     json_decref(wait_applied(&a, "shapes", m));
     json_t *got = ok(&a, "POST", PREFIX "/shapes/get_by_ids", "{\"ids\":[\"a\"]}");
     cr_assert_eq(json_array_size(got), 1);
-    cr_assert_eq(json_number_value(json_array_get(json_object_get(json_array_get(got, 0), "values"), 0)), 1.0);
+    cr_assert_eq(
+        json_number_value(json_array_get(json_object_get(json_array_get(got, 0), "values"), 0)),
+        1.0);
     json_decref(got);
     m = write_vectors(&a, "shapes", "upsert", "application/x-ndjson",
                       "{\"id\":\"a\",\"values\":[100,100],\"metadata\":{\"v\":2,"
@@ -466,7 +467,8 @@ Test(vectorize, every_body_shape_and_unparsable_behavior, .timeout = 60)
     char ids[128];
     match_ids(res, ids, sizeof ids);
     cr_assert_str_eq(ids, "b,k"); /* (3,4): b at 0, k (2,2) at 2.24, c (5,6) at 2.83 */
-    cr_assert(fabs(json_number_value(json_object_get(json_array_get(json_object_get(res, "matches"), 0), "score"))) < 1e-6);
+    cr_assert(fabs(json_number_value(json_object_get(
+                  json_array_get(json_object_get(res, "matches"), 0), "score"))) < 1e-6);
     json_decref(res);
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
@@ -517,8 +519,7 @@ static void check_filters(const ts_agent *a, const char *name, const char *when)
         json_t *res = query(a, name, body);
         char ids[256];
         match_set(res, ids, sizeof ids);
-        cr_assert_str_eq(ids, FILTER_CASES[i].ids, "%s: filter %s", when,
-                         FILTER_CASES[i].filter);
+        cr_assert_str_eq(ids, FILTER_CASES[i].ids, "%s: filter %s", when, FILTER_CASES[i].filter);
         json_decref(res);
     }
 }
@@ -528,8 +529,8 @@ Test(vectorize, filters_with_every_operator_and_metadata_indexes, .timeout = 60)
     ts_agent a;
     ts_agent_start(&a, CONFIG);
     create_index(&a, "movies", 2, "cosine");
-    unsigned long long m = write_vectors(&a, "movies", "upsert", "application/x-ndjson",
-                                         FILTER_DATA);
+    unsigned long long m =
+        write_vectors(&a, "movies", "upsert", "application/x-ndjson", FILTER_DATA);
     json_decref(wait_applied(&a, "movies", m));
     check_filters(&a, "movies", "without metadata indexes");
 
@@ -593,8 +594,7 @@ Test(vectorize, filters_with_every_operator_and_metadata_indexes, .timeout = 60)
     expect_err(&a, "POST", PREFIX "/movies/query", "{\"vector\":[1,0],\"filter\":[1]}", 400,
                "filter");
     expect_err(&a, "POST", PREFIX "/movies/query",
-               "{\"vector\":[1,0],\"filter\":{\"genre\":{\"$eq\":1,\"$eq\":2}}}", 400,
-               "duplicate");
+               "{\"vector\":[1,0],\"filter\":{\"genre\":{\"$eq\":1,\"$eq\":2}}}", 400, "duplicate");
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
 
@@ -603,12 +603,12 @@ Test(vectorize, namespaces, .timeout = 60)
     ts_agent a;
     ts_agent_start(&a, CONFIG);
     create_index(&a, "ns", 2, "dot-product");
-    unsigned long long m = write_vectors(
-        &a, "ns", "upsert", "application/x-ndjson",
-        "{\"id\":\"a1\",\"values\":[1,0],\"namespace\":\"alpha\"}\n"
-        "{\"id\":\"a2\",\"values\":[0.5,0],\"namespace\":\"alpha\"}\n"
-        "{\"id\":\"b1\",\"values\":[2,0],\"namespace\":\"beta\"}\n"
-        "{\"id\":\"n1\",\"values\":[3,0]}\n");
+    unsigned long long m =
+        write_vectors(&a, "ns", "upsert", "application/x-ndjson",
+                      "{\"id\":\"a1\",\"values\":[1,0],\"namespace\":\"alpha\"}\n"
+                      "{\"id\":\"a2\",\"values\":[0.5,0],\"namespace\":\"alpha\"}\n"
+                      "{\"id\":\"b1\",\"values\":[2,0],\"namespace\":\"beta\"}\n"
+                      "{\"id\":\"n1\",\"values\":[3,0]}\n");
     json_decref(wait_applied(&a, "ns", m));
     char ids[128];
     json_t *res = query(&a, "ns", "{\"vector\":[1,0],\"topK\":10,\"namespace\":\"alpha\"}");
@@ -666,14 +666,14 @@ Test(vectorize, get_delete_and_list_pages, .timeout = 60)
 
     /* get_by_ids: in the order asked, missing ids skipped, values and
      * metadata always there. */
-    json_t *got = ok(&a, "POST", PREFIX "/pages/get_by_ids",
-                     "{\"ids\":[\"v07\",\"missing\",\"v03\"]}");
+    json_t *got =
+        ok(&a, "POST", PREFIX "/pages/get_by_ids", "{\"ids\":[\"v07\",\"missing\",\"v03\"]}");
     cr_assert_eq(json_array_size(got), 2);
     cr_assert_str_eq(json_string_value(json_object_get(json_array_get(got, 0), "id")), "v07");
     cr_assert_str_eq(json_string_value(json_object_get(json_array_get(got, 1), "id")), "v03");
     cr_assert_eq(json_array_size(json_object_get(json_array_get(got, 0), "values")), 2);
-    cr_assert_eq(json_integer_value(json_object_get(
-                     json_object_get(json_array_get(got, 0), "metadata"), "n")),
+    cr_assert_eq(json_integer_value(
+                     json_object_get(json_object_get(json_array_get(got, 0), "metadata"), "n")),
                  7);
     json_decref(got);
 
@@ -778,7 +778,8 @@ static char *many_vectors(int n, int dim)
     return buf;
 }
 
-static void expect_write_err(const ts_agent *a, const char *name, const char *body, const char *want)
+static void expect_write_err(const ts_agent *a, const char *name, const char *body,
+                             const char *want)
 {
     char url[256];
     snprintf(url, sizeof url, "%s" PREFIX "/%s/upsert", a->base_url, name);
@@ -795,31 +796,37 @@ Test(vectorize, every_limit_is_a_400_that_names_it, .timeout = 60)
     char buf[16384];
 
     /* Index creation. */
-    expect_err(&a, "POST", PREFIX, "{\"name\":\"big\",\"config\":{\"dimensions\":1537,\"metric\":\"cosine\"}}",
-               400, "1536");
-    expect_err(&a, "POST", PREFIX, "{\"name\":\"zero\",\"config\":{\"dimensions\":0,\"metric\":\"cosine\"}}",
-               400, "dimensions");
-    expect_err(&a, "POST", PREFIX, "{\"name\":\"m\",\"config\":{\"dimensions\":3,\"metric\":\"manhattan\"}}",
-               400, "metric");
+    expect_err(&a, "POST", PREFIX,
+               "{\"name\":\"big\",\"config\":{\"dimensions\":1537,\"metric\":\"cosine\"}}", 400,
+               "1536");
+    expect_err(&a, "POST", PREFIX,
+               "{\"name\":\"zero\",\"config\":{\"dimensions\":0,\"metric\":\"cosine\"}}", 400,
+               "dimensions");
+    expect_err(&a, "POST", PREFIX,
+               "{\"name\":\"m\",\"config\":{\"dimensions\":3,\"metric\":\"manhattan\"}}", 400,
+               "metric");
     expect_err(&a, "POST", PREFIX, "{\"name\":\"m\"}", 400, "config");
     expect_err(&a, "POST", PREFIX, "{\"config\":{\"dimensions\":3,\"metric\":\"cosine\"}}", 400,
                "name");
     memset(buf, 'a', 65);
     buf[65] = '\0';
     char body[20000];
-    snprintf(body, sizeof body, "{\"name\":\"%s\",\"config\":{\"dimensions\":3,\"metric\":\"cosine\"}}",
-             buf);
+    snprintf(body, sizeof body,
+             "{\"name\":\"%s\",\"config\":{\"dimensions\":3,\"metric\":\"cosine\"}}", buf);
     expect_err(&a, "POST", PREFIX, body, 400, "64");
-    expect_err(&a, "POST", PREFIX, "{\"name\":\"Bad_Name!\",\"config\":{\"dimensions\":3,\"metric\":\"cosine\"}}",
-               400, "name");
+    expect_err(&a, "POST", PREFIX,
+               "{\"name\":\"Bad_Name!\",\"config\":{\"dimensions\":3,\"metric\":\"cosine\"}}", 400,
+               "name");
     memset(buf, 'd', 1025);
     buf[1025] = '\0';
     snprintf(body, sizeof body,
-             "{\"name\":\"desc\",\"description\":\"%s\",\"config\":{\"dimensions\":3,\"metric\":\"cosine\"}}",
+             "{\"name\":\"desc\",\"description\":\"%s\",\"config\":{\"dimensions\":3,\"metric\":"
+             "\"cosine\"}}",
              buf);
     expect_err(&a, "POST", PREFIX, body, 400, "1024");
-    expect_err(&a, "POST", PREFIX, "{\"name\":\"lim\",\"config\":{\"dimensions\":3,\"metric\":\"cosine\"}}",
-               409, "lim");
+    expect_err(&a, "POST", PREFIX,
+               "{\"name\":\"lim\",\"config\":{\"dimensions\":3,\"metric\":\"cosine\"}}", 409,
+               "lim");
     expect_err(&a, "POST", PREFIX, "{\"name\":", 400, "not valid JSON");
     expect_err(&a, "POST", PREFIX, "[1]", 400, "JSON object");
 
@@ -830,7 +837,8 @@ Test(vectorize, every_limit_is_a_400_that_names_it, .timeout = 60)
     expect_write_err(&a, "lim", body, "64 bytes");
     expect_write_err(&a, "lim", "{\"id\":\"\",\"values\":[1,2,3]}", "64 bytes");
     expect_write_err(&a, "lim", "{\"id\":7,\"values\":[1,2,3]}", "'id'");
-    expect_write_err(&a, "lim", "{\"id\":\"x\",\"values\":[1,2]}", "has 2 dimensions; the index has 3");
+    expect_write_err(&a, "lim", "{\"id\":\"x\",\"values\":[1,2]}",
+                     "has 2 dimensions; the index has 3");
     expect_write_err(&a, "lim", "{\"id\":\"x\",\"values\":[1,2,3,4]}", "the index has 3");
     expect_write_err(&a, "lim", "{\"id\":\"x\",\"values\":[1,\"2\",3]}", "values[1]");
     expect_write_err(&a, "lim", "{\"id\":\"x\",\"values\":[1,1e39,3]}", "float32");
@@ -843,11 +851,12 @@ Test(vectorize, every_limit_is_a_400_that_names_it, .timeout = 60)
     expect_write_err(&a, "lim", body, "64 bytes");
     memset(buf, 'm', 10300);
     buf[10300] = '\0';
-    snprintf(body, sizeof body, "{\"id\":\"x\",\"values\":[1,2,3],\"metadata\":{\"k\":\"%s\"}}", buf);
+    snprintf(body, sizeof body, "{\"id\":\"x\",\"values\":[1,2,3],\"metadata\":{\"k\":\"%s\"}}",
+             buf);
     expect_write_err(&a, "lim", body, "10240 bytes (10 KiB)");
     expect_write_err(&a, "lim", "", "no vectors");
-    expect_write_err(&a, "lim", "{\"id\":\"a\",\"values\":[1,2,3]}\n{\"id\":\"b\",\"values\":[1,2]}",
-                     "line 2");
+    expect_write_err(
+        &a, "lim", "{\"id\":\"a\",\"values\":[1,2,3]}\n{\"id\":\"b\",\"values\":[1,2]}", "line 2");
     char *too_many = many_vectors(5001, 3);
     expect_write_err(&a, "lim", too_many, "5000 vectors per request");
     free(too_many);
@@ -864,7 +873,8 @@ Test(vectorize, every_limit_is_a_400_that_names_it, .timeout = 60)
                "{\"vector\":[1,2,3],\"topK\":21,\"returnValues\":true}", 400, "at most 20");
     expect_err(&a, "POST", PREFIX "/lim/query",
                "{\"vector\":[1,2,3],\"topK\":21,\"returnMetadata\":\"all\"}", 400, "at most 20");
-    json_t *res = query(&a, "lim", "{\"vector\":[1,2,3],\"topK\":100,\"returnMetadata\":\"indexed\"}");
+    json_t *res =
+        query(&a, "lim", "{\"vector\":[1,2,3],\"topK\":100,\"returnMetadata\":\"indexed\"}");
     cr_assert_eq(json_integer_value(json_object_get(res, "count")), 100);
     json_decref(res);
     res = query(&a, "lim", "{\"vector\":[1,2,3],\"topK\":20,\"returnValues\":true}");
@@ -923,8 +933,10 @@ Test(vectorize, damaged_bodies_are_answered, .timeout = 120)
     create_index(&a, "fuzz", 3, "cosine");
     static const char *const bodies[] = {
         SEED_NDJSON,
-        "{\"vectors\":[{\"id\":\"a\",\"values\":[1,2,3],\"namespace\":\"n\",\"metadata\":{\"k\":[1,{\"x\":null}]}}]}",
-        "--b\r\nContent-Disposition: form-data; name=\"vectors\"\r\n\r\n{\"id\":\"q\",\"values\":[1,2,3]}\r\n--b--\r\n",
+        "{\"vectors\":[{\"id\":\"a\",\"values\":[1,2,3],\"namespace\":\"n\",\"metadata\":{\"k\":[1,"
+        "{\"x\":null}]}}]}",
+        "--b\r\nContent-Disposition: form-data; "
+        "name=\"vectors\"\r\n\r\n{\"id\":\"q\",\"values\":[1,2,3]}\r\n--b--\r\n",
     };
     static const char *const ctypes[] = {"application/x-ndjson", "application/json",
                                          "multipart/form-data; boundary=b"};
@@ -1006,7 +1018,8 @@ Test(vectorize, accounts_are_separate_and_tokens_checked, .timeout = 60)
     const char *bad[] = {"Authorization: Bearer nope", NULL};
     ts_response r;
     snprintf(url, sizeof url, "%s/client/v4/accounts/a/vectorize/v2/indexes", a.base_url);
-    ts_http(&r, "POST", url, "{\"name\":\"same\",\"config\":{\"dimensions\":2,\"metric\":\"cosine\"}}", ha);
+    ts_http(&r, "POST", url,
+            "{\"name\":\"same\",\"config\":{\"dimensions\":2,\"metric\":\"cosine\"}}", ha);
     cr_assert_eq(r.status, 200, "%s", r.body);
     ts_response_free(&r);
     ts_http(&r, "GET", url, NULL, bad);
@@ -1021,13 +1034,15 @@ Test(vectorize, accounts_are_separate_and_tokens_checked, .timeout = 60)
     json_t *list = ok_result(&r, "list b");
     cr_assert_eq(json_array_size(list), 0);
     json_decref(list);
-    ts_http(&r, "POST", url, "{\"name\":\"same\",\"config\":{\"dimensions\":5,\"metric\":\"euclidean\"}}", hb);
+    ts_http(&r, "POST", url,
+            "{\"name\":\"same\",\"config\":{\"dimensions\":5,\"metric\":\"euclidean\"}}", hb);
     cr_assert_eq(r.status, 200, "%s", r.body);
     ts_response_free(&r);
     snprintf(url, sizeof url, "%s/client/v4/accounts/a/vectorize/v2/indexes/same", a.base_url);
     ts_http(&r, "GET", url, NULL, ha);
     json_t *idx = ok_result(&r, "get a");
-    cr_assert_eq(json_integer_value(json_object_get(json_object_get(idx, "config"), "dimensions")), 2);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(idx, "config"), "dimensions")),
+                 2);
     json_decref(idx);
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
@@ -1040,8 +1055,8 @@ Test(vectorize, preset_of_a_local_embedder_takes_text, .timeout = 60)
 {
     ts_agent a;
     ts_agent_start(&a, CONFIG);
-    json_t *res = ok(&a, "POST", PREFIX,
-                     "{\"name\":\"texts\",\"config\":{\"preset\":\"@local/emb\"}}");
+    json_t *res =
+        ok(&a, "POST", PREFIX, "{\"name\":\"texts\",\"config\":{\"preset\":\"@local/emb\"}}");
     json_t *cfg = json_object_get(res, "config");
     cr_assert_eq(json_integer_value(json_object_get(cfg, "dimensions")), 16);
     cr_assert_str_eq(json_string_value(json_object_get(cfg, "metric")), "cosine");
@@ -1056,8 +1071,9 @@ Test(vectorize, preset_of_a_local_embedder_takes_text, .timeout = 60)
     cr_assert_eq(vector_count(&a, "texts", m), 4);
     /* The echo embedder maps a text to a fixed vector: the same text finds
      * its own vector with score 1. */
-    res = query(&a, "texts", "{\"text\":\"This is a story about a llama\",\"topK\":1,"
-                             "\"returnMetadata\":\"all\"}");
+    res = query(&a, "texts",
+                "{\"text\":\"This is a story about a llama\",\"topK\":1,"
+                "\"returnMetadata\":\"all\"}");
     char ids[64];
     match_ids(res, ids, sizeof ids);
     cr_assert_str_eq(ids, "2");
@@ -1082,7 +1098,8 @@ Test(vectorize, preset_of_a_local_embedder_takes_text, .timeout = 60)
     /* A Cloudflare preset aliased to the local model takes text too. */
     res = ok(&a, "POST", PREFIX,
              "{\"name\":\"aliased\",\"config\":{\"preset\":\"@cf/baai/bge-small-en-v1.5\"}}");
-    cr_assert_eq(json_integer_value(json_object_get(json_object_get(res, "config"), "dimensions")), 16);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(res, "config"), "dimensions")),
+                 16);
     json_decref(res);
     m = write_vectors(&a, "aliased", "insert", "application/json",
                       "{\"vectors\":[{\"id\":\"x\",\"text\":\"hello\"}]}");
@@ -1090,11 +1107,13 @@ Test(vectorize, preset_of_a_local_embedder_takes_text, .timeout = 60)
     /* Cloudflare's other presets: their dimensions, no text. */
     res = ok(&a, "POST", PREFIX,
              "{\"name\":\"bge-base\",\"config\":{\"preset\":\"@cf/baai/bge-base-en-v1.5\"}}");
-    cr_assert_eq(json_integer_value(json_object_get(json_object_get(res, "config"), "dimensions")), 768);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(res, "config"), "dimensions")),
+                 768);
     json_decref(res);
     res = ok(&a, "POST", PREFIX,
              "{\"name\":\"ada\",\"config\":{\"preset\":\"openai/text-embedding-ada-002\"}}");
-    cr_assert_eq(json_integer_value(json_object_get(json_object_get(res, "config"), "dimensions")), 1536);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(res, "config"), "dimensions")),
+                 1536);
     json_decref(res);
     expect_write_err(&a, "bge-base", "{\"id\":\"x\",\"text\":\"hello\"}", "'text'");
     expect_err(&a, "POST", PREFIX, "{\"name\":\"u\",\"config\":{\"preset\":\"@cf/none\"}}", 400,
@@ -1109,10 +1128,10 @@ Test(vectorize, preset_of_a_local_embedder_takes_text, .timeout = 60)
 }
 
 #define MINILM OUTPOST_MODELS_DIR "/all-MiniLM-L6-v2"
-#define MINILM_CONFIG                                                                    \
-    "server:\n  listen: 127.0.0.1:@PORT@\n  workers: 4\ndata_dir: @DIR@/var\n"           \
-    "plugins:\n  dirs: [" OUTPOST_PLUGIN_DIR "]\naccounts:\n  - id: local\n"             \
-    "models:\n  - id: \"@local/all-minilm-l6-v2\"\n    plugin: bert\n"                   \
+#define MINILM_CONFIG                                                                              \
+    "server:\n  listen: 127.0.0.1:@PORT@\n  workers: 4\ndata_dir: @DIR@/var\n"                     \
+    "plugins:\n  dirs: [" OUTPOST_PLUGIN_DIR "]\naccounts:\n  - id: local\n"                       \
+    "models:\n  - id: \"@local/all-minilm-l6-v2\"\n    plugin: bert\n"                             \
     "    task: text-embeddings\n    path: " MINILM "\n"
 
 static const char *const STORIES[] = {"This is a story about an orange cloud",
@@ -1140,13 +1159,14 @@ Test(vectorize, seed_embeddings_example_with_minilm, .timeout = 120)
     for (size_t i = 0; i < 3; i++) {
         char id[8];
         snprintf(id, sizeof id, "%zu", i + 1);
-        json_array_append_new(vectors, json_pack("{s:s, s:O}", "id", id, "values",
-                                                 json_array_get(data, i)));
+        json_array_append_new(vectors,
+                              json_pack("{s:s, s:O}", "id", id, "values", json_array_get(data, i)));
     }
     json_t *wrapped = json_pack("{s:o}", "vectors", vectors);
     char *body = json_dumps(wrapped, JSON_COMPACT);
     json_decref(wrapped);
-    unsigned long long m = write_vectors(&a, "embeddings-index", "upsert", "application/json", body);
+    unsigned long long m =
+        write_vectors(&a, "embeddings-index", "upsert", "application/json", body);
     free(body);
     json_decref(emb);
     cr_assert_eq(vector_count(&a, "embeddings-index", m), 3);
@@ -1162,24 +1182,29 @@ Test(vectorize, seed_embeddings_example_with_minilm, .timeout = 120)
     char ids[64];
     match_ids(res, ids, sizeof ids);
     cr_assert_str_eq(ids, "1");
-    double score = json_number_value(json_object_get(json_array_get(json_object_get(res, "matches"), 0), "score"));
+    double score = json_number_value(
+        json_object_get(json_array_get(json_object_get(res, "matches"), 0), "score"));
     cr_assert(score > 0.5 && score <= 1.0001, "score %f", score);
     json_decref(res);
 
     /* One call each: the preset index embeds the stories and the query. */
     res = ok(&a, "POST", PREFIX,
              "{\"name\":\"stories\",\"config\":{\"preset\":\"@local/all-minilm-l6-v2\"}}");
-    cr_assert_eq(json_integer_value(json_object_get(json_object_get(res, "config"), "dimensions")), 384);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(res, "config"), "dimensions")),
+                 384);
     json_decref(res);
     char nd[512];
-    snprintf(nd, sizeof nd, "{\"id\":\"1\",\"text\":\"%s\"}\n{\"id\":\"2\",\"text\":\"%s\"}\n"
-             "{\"id\":\"3\",\"text\":\"%s\"}\n", STORIES[0], STORIES[1], STORIES[2]);
+    snprintf(nd, sizeof nd,
+             "{\"id\":\"1\",\"text\":\"%s\"}\n{\"id\":\"2\",\"text\":\"%s\"}\n"
+             "{\"id\":\"3\",\"text\":\"%s\"}\n",
+             STORIES[0], STORIES[1], STORIES[2]);
     m = write_vectors(&a, "stories", "upsert", "application/x-ndjson", nd);
     cr_assert_eq(vector_count(&a, "stories", m), 3);
     res = query(&a, "stories", "{\"text\":\"orange cloud\",\"topK\":3}");
     match_ids(res, ids, sizeof ids);
     cr_assert(strncmp(ids, "1,", 2) == 0, "top match %s", ids);
-    double s2 = json_number_value(json_object_get(json_array_get(json_object_get(res, "matches"), 0), "score"));
+    double s2 = json_number_value(
+        json_object_get(json_array_get(json_object_get(res, "matches"), 0), "score"));
     cr_assert(fabs(s2 - score) < 1e-3, "same score both ways: %f vs %f", s2, score);
     json_decref(res);
     res = query(&a, "stories", "{\"text\":\"a camelid\",\"topK\":1}");
@@ -1255,16 +1280,18 @@ Test(vectorize, acknowledged_upserts_survive_kill_9, .timeout = 120)
         cr_assert_eq(json_array_size(got), want);
         json_t *first = json_array_get(got, 0);
         int n0 = atoi(json_string_value(json_object_get(first, "id")) + 1);
-        cr_assert_eq(json_integer_value(json_object_get(json_object_get(first, "metadata"), "batch")),
-                     n0 / PER);
+        cr_assert_eq(
+            json_integer_value(json_object_get(json_object_get(first, "metadata"), "batch")),
+            n0 / PER);
         json_decref(got);
     }
     /* The metadata index came back too, and filters with it. */
     json_t *list = ok(&a, "GET", PREFIX "/durable/metadata_index/list", NULL);
     cr_assert_eq(json_array_size(json_object_get(list, "metadataIndexes")), 1);
     json_decref(list);
-    res = query(&a, "durable", "{\"vector\":[1,1,1,1,1,1,1,1],\"topK\":100,"
-                               "\"filter\":{\"batch\":{\"$eq\":7}}}");
+    res = query(&a, "durable",
+                "{\"vector\":[1,1,1,1,1,1,1,1],\"topK\":100,"
+                "\"filter\":{\"batch\":{\"$eq\":7}}}");
     cr_assert_eq(json_integer_value(json_object_get(res, "count")), PER);
     json_decref(res);
     /* Writes go on after the restart with larger mutation ids. */
@@ -1293,26 +1320,41 @@ Test(vectorize, metrics, .timeout = 60)
     ts_agent a;
     ts_agent_start(&a, CONFIG);
     create_index(&a, "metered", 3, "cosine");
-    unsigned long long m = write_vectors(&a, "metered", "insert", "application/x-ndjson", SEED_NDJSON);
+    unsigned long long m =
+        write_vectors(&a, "metered", "insert", "application/x-ndjson", SEED_NDJSON);
     json_decref(wait_applied(&a, "metered", m));
     json_decref(query(&a, "metered", "{\"vector\":[1,2,3]}"));
     expect_err(&a, "POST", PREFIX "/metered/query", "{\"vector\":[1]}", 400, "dimensions");
     ts_response r;
     call(&a, &r, "GET", "/metrics", NULL);
     cr_assert_eq(r.status, 200);
-    cr_assert_eq(metric_value(r.body, "outpost_vectorize_requests_total{op=\"query\",status=\"200\"} "), 1);
-    cr_assert_eq(metric_value(r.body, "outpost_vectorize_requests_total{op=\"query\",status=\"400\"} "), 1);
-    cr_assert_eq(metric_value(r.body, "outpost_vectorize_requests_total{op=\"create\",status=\"200\"} "), 1);
+    cr_assert_eq(
+        metric_value(r.body, "outpost_vectorize_requests_total{op=\"query\",status=\"200\"} "), 1);
+    cr_assert_eq(
+        metric_value(r.body, "outpost_vectorize_requests_total{op=\"query\",status=\"400\"} "), 1);
+    cr_assert_eq(
+        metric_value(r.body, "outpost_vectorize_requests_total{op=\"create\",status=\"200\"} "), 1);
     cr_assert_eq(metric_value(r.body, "outpost_vectorize_mutations_total{op=\"insert\"} "), 1);
-    cr_assert_eq(metric_value(r.body, "outpost_vectorize_mutation_vectors_total{op=\"insert\"} "), 5);
-    cr_assert_eq(metric_value(r.body, "outpost_vectorize_vectors{account=\"local\",index=\"metered\"} "), 5);
-    cr_assert_gt(metric_value(r.body, "outpost_vectorize_memory_bytes{account=\"local\",index=\"metered\"} "), 0);
-    cr_assert_gt(metric_value(r.body, "outpost_vectorize_disk_bytes{account=\"local\",index=\"metered\"} "), 0);
-    cr_assert_eq(metric_value(r.body, "outpost_vectorize_pending_mutations{account=\"local\",index=\"metered\"} "), 0);
+    cr_assert_eq(metric_value(r.body, "outpost_vectorize_mutation_vectors_total{op=\"insert\"} "),
+                 5);
+    cr_assert_eq(
+        metric_value(r.body, "outpost_vectorize_vectors{account=\"local\",index=\"metered\"} "), 5);
+    cr_assert_gt(
+        metric_value(r.body,
+                     "outpost_vectorize_memory_bytes{account=\"local\",index=\"metered\"} "),
+        0);
+    cr_assert_gt(
+        metric_value(r.body, "outpost_vectorize_disk_bytes{account=\"local\",index=\"metered\"} "),
+        0);
+    cr_assert_eq(
+        metric_value(r.body,
+                     "outpost_vectorize_pending_mutations{account=\"local\",index=\"metered\"} "),
+        0);
     cr_assert_eq(metric_value(r.body, "outpost_vectorize_query_duration_seconds_count "), 1);
     cr_assert(strstr(r.body, "outpost_http_requests_total{route=\"vectorize\"") != NULL);
     if (ts_promtool_check(&a, r.body) != 0)
-        cr_log_warn("promtool is not installed (Debian package prometheus): exposition not checked");
+        cr_log_warn(
+            "promtool is not installed (Debian package prometheus): exposition not checked");
     ts_response_free(&r);
     cr_assert_eq(ts_agent_stop(&a), 0);
 }
@@ -1460,13 +1502,13 @@ static void *par_writer(void *arg)
         size_t len = 0;
         for (int i = 0; i < 10; i++)
             len += (size_t)snprintf(body + len, sizeof body - len,
-                                    "{\"id\":\"t%d-%d-%d\",\"values\":[%d,%d,1]}\n", p->thread,
-                                    b, i, p->thread + 1, b * 10 + i + 1);
+                                    "{\"id\":\"t%d-%d-%d\",\"values\":[%d,%d,1]}\n", p->thread, b,
+                                    i, p->thread + 1, b * 10 + i + 1);
         char *out = NULL;
         long st = post_quiet(url, body, &out);
         json_t *env = out ? json_loads(out, 0, NULL) : NULL;
-        const char *mid = json_string_value(
-            json_object_get(json_object_get(env, "result"), "mutationId"));
+        const char *mid =
+            json_string_value(json_object_get(json_object_get(env, "result"), "mutationId"));
         if (st != 200 || !mid)
             atomic_fetch_add(p->failures, 1);
         else
