@@ -385,8 +385,10 @@ static int read_values(const json_t *a, uint32_t dim, float *out, const char *wh
     return 0;
 }
 
-/* Adds one vector object. where: "line 3", "vectors[2]". 0 or -1 with err. */
-static int batch_add(vbatch *b, json_t *o, const char *where, char *err, size_t errlen)
+/* Adds one vector object. where: "line 3", "vectors[2]". pre: its values
+ * were already read into the batch's next slot (vx_api_load_line; o's
+ * "values" is null then). 0 or -1 with err. */
+static int batch_add(vbatch *b, json_t *o, const char *where, bool pre, char *err, size_t errlen)
 {
     if (!json_is_object(o)) {
         snprintf(err, errlen, "%s: a vector must be a JSON object {\"id\", \"values\", ...}",
@@ -445,7 +447,9 @@ static int batch_add(vbatch *b, json_t *o, const char *where, char *err, size_t 
     }
     size_t i = b->n;
     b->text[i] = NULL;
-    if (values && !json_is_null(values)) {
+    if (pre) {
+        /* read by the line scanner, into this slot */
+    } else if (values && !json_is_null(values)) {
         char w[64];
         snprintf(w, sizeof w, "%s: values", where);
         if (read_values(values, b->dim, b->values + i * b->dim, w, err, errlen) != 0)
@@ -483,6 +487,300 @@ static int batch_add(vbatch *b, json_t *o, const char *where, char *err, size_t 
     return 0;
 }
 
+/* ---- NDJSON lines: a fast path for "values" -------------------------------
+ *
+ * Parsing a line with jansson makes one json_t per number: most of the cost
+ * of a large insert. vx_api_load_line reads the top-level "values" array
+ * itself, straight into floats, and hands jansson the rest of the line with
+ * the array replaced by null. The array it reads is a well-formed JSON value,
+ * so the line is valid JSON exactly when the rest is, and jansson still
+ * judges everything else (duplicates, escapes, trailing bytes). Anything
+ * unusual (an escaped key, a repeated "values", an element that is not a
+ * number, a count other than dim, an integer beyond int64, a value outside
+ * float32) leaves the line to jansson whole, which answers exactly as before.
+ */
+
+static bool is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static size_t skip_ws(const char *p, size_t i, size_t n)
+{
+    while (i < n && is_ws(p[i]))
+        i++;
+    return i;
+}
+
+/* p[*i] is '"': moves past the closing quote. false if unterminated. */
+static bool skip_string(const char *p, size_t n, size_t *i, bool *escaped)
+{
+    size_t k = *i + 1;
+    while (k < n && p[k] != '"') {
+        if (p[k] == '\\') {
+            *escaped = true;
+            k++;
+        }
+        k++;
+    }
+    if (k >= n)
+        return false;
+    *i = k + 1;
+    return true;
+}
+
+/* Moves past one JSON value without judging it (jansson does): strings,
+ * nested containers by depth, scalars up to a delimiter. */
+static bool skip_value(const char *p, size_t n, size_t *i)
+{
+    size_t k = *i;
+    bool esc = false;
+    if (k >= n)
+        return false;
+    if (p[k] == '"')
+        return skip_string(p, n, i, &esc);
+    if (p[k] == '{' || p[k] == '[') {
+        size_t depth = 0;
+        while (k < n) {
+            char c = p[k];
+            if (c == '"') {
+                if (!skip_string(p, n, &k, &esc))
+                    return false;
+                continue;
+            }
+            if (c == '{' || c == '[')
+                depth++;
+            else if ((c == '}' || c == ']') && --depth == 0) {
+                *i = k + 1;
+                return true;
+            }
+            k++;
+        }
+        return false;
+    }
+    size_t s = k;
+    while (k < n && !is_ws(p[k]) && p[k] != ',' && p[k] != '}' && p[k] != ']')
+        k++;
+    *i = k;
+    return k > s;
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* One JSON number at p[*i] as jansson would read it, into *out; false when
+ * it is not one, or is one that jansson refuses or might read otherwise
+ * (integers beyond int64, overflow): the caller then leaves it to jansson. */
+static bool scan_number(const char *p, size_t n, size_t *i, double *out)
+{
+    static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                   1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                   1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    size_t s = *i, k = s;
+    bool neg = k < n && p[k] == '-';
+    if (neg)
+        k++;
+    if (k >= n || !is_digit(p[k]))
+        return false;
+    uint64_t m = 0;    /* significant digits (up to 19) */
+    int nsig = 0;      /* digits in m, leading zeros not counted */
+    bool more = false; /* significant digits beyond the 19 in m */
+    int exp10 = 0;
+    if (p[k] == '0') {
+        k++;
+    } else {
+        while (k < n && is_digit(p[k])) {
+            if (nsig < 19) {
+                m = m * 10 + (uint64_t)(p[k] - '0');
+                nsig++;
+            } else {
+                more = true;
+                exp10++;
+            }
+            k++;
+        }
+    }
+    bool real = false;
+    if (k < n && p[k] == '.') {
+        k++;
+        if (k >= n || !is_digit(p[k]))
+            return false;
+        while (k < n && is_digit(p[k])) {
+            if (nsig == 0 && p[k] == '0') {
+                exp10--;
+            } else if (nsig < 19) {
+                m = m * 10 + (uint64_t)(p[k] - '0');
+                nsig++;
+                exp10--;
+            } else {
+                more = true;
+            }
+            k++;
+        }
+        real = true;
+    }
+    if (k < n && (p[k] == 'e' || p[k] == 'E')) {
+        k++;
+        bool eneg = k < n && p[k] == '-';
+        if (k < n && (p[k] == '-' || p[k] == '+'))
+            k++;
+        if (k >= n || !is_digit(p[k]))
+            return false;
+        int e = 0;
+        while (k < n && is_digit(p[k])) {
+            if (e < 100000)
+                e = e * 10 + (p[k] - '0');
+            k++;
+        }
+        exp10 += eneg ? -e : e;
+        real = true;
+    }
+    *i = k;
+    if (!real) {
+        /* jansson reads an integer as a long long (an error beyond it). */
+        if (more || nsig > 19)
+            return false;
+        if (m > (uint64_t)INT64_MAX + (neg ? 1u : 0u))
+            return false;
+        long long v =
+            neg ? (m == (uint64_t)INT64_MAX + 1u ? INT64_MIN : -(long long)m) : (long long)m;
+        *out = (double)v;
+        return true;
+    }
+    double d;
+    if (!more && nsig <= 15 && exp10 >= -22 && exp10 <= 22) {
+        /* Exact: m < 2^53 and 10^|exp10| is a double, so one rounding. */
+        d = (double)m;
+        d = exp10 >= 0 ? d * pow10[exp10] : d / pow10[-exp10];
+    } else {
+        char buf[64];
+        if (k - s >= sizeof buf)
+            return false;
+        memcpy(buf, p + s, k - s);
+        buf[k - s] = '\0';
+        d = strtod(buf, NULL);
+        if (!isfinite(d))
+            return false;
+        *out = d;
+        return true;
+    }
+    *out = neg ? -d : d;
+    return true;
+}
+
+/* Reads the array at p[*i] ('[') of exactly dim numbers into out. */
+static bool scan_values(const char *p, size_t n, size_t *i, uint32_t dim, float *out)
+{
+    size_t k = *i + 1, count = 0;
+    k = skip_ws(p, k, n);
+    if (k < n && p[k] == ']') {
+        if (dim != 0)
+            return false;
+        *i = k + 1;
+        return true;
+    }
+    for (;;) {
+        double d;
+        if (count >= dim || !scan_number(p, n, &k, &d))
+            return false;
+        float f = (float)d;
+        if (!isfinite(f))
+            return false;
+        out[count++] = f;
+        k = skip_ws(p, k, n);
+        if (k >= n)
+            return false;
+        if (p[k] == ']')
+            break;
+        if (p[k] != ',')
+            return false;
+        k = skip_ws(p, k + 1, n);
+    }
+    if (count != dim)
+        return false;
+    *i = k + 1;
+    return true;
+}
+
+/* Finds the top-level "values" of the object text p[0..n) and reads it.
+ * true with [*start, *end) its bytes; false: leave the line to jansson. */
+static bool scan_line(const char *p, size_t n, uint32_t dim, float *out, size_t *start, size_t *end)
+{
+    size_t i = skip_ws(p, 0, n);
+    bool found = false;
+    if (i >= n || p[i] != '{')
+        return false;
+    i = skip_ws(p, i + 1, n);
+    if (i < n && p[i] == '}')
+        return false;
+    for (;;) {
+        if (i >= n || p[i] != '"')
+            return false;
+        size_t ks = i;
+        bool esc = false;
+        if (!skip_string(p, n, &i, &esc))
+            return false;
+        if (esc)
+            return false; /* an escaped key might spell "values" */
+        bool is_values = i - ks == 8 && memcmp(p + ks + 1, "values", 6) == 0;
+        i = skip_ws(p, i, n);
+        if (i >= n || p[i] != ':')
+            return false;
+        i = skip_ws(p, i + 1, n);
+        if (is_values) {
+            if (found || i >= n || p[i] != '[')
+                return false;
+            *start = i;
+            if (!scan_values(p, n, &i, dim, out))
+                return false;
+            *end = i;
+            found = true;
+        } else if (!skip_value(p, n, &i)) {
+            return false;
+        }
+        i = skip_ws(p, i, n);
+        if (i >= n)
+            return false;
+        if (p[i] == '}')
+            break;
+        if (p[i] != ',')
+            return false;
+        i = skip_ws(p, i + 1, n);
+    }
+    return found;
+}
+
+json_t *vx_api_load_line(const char *line, size_t len, uint32_t dim, float *values,
+                         bool *have_values, char **scratch, size_t *cap, json_error_t *jerr)
+{
+    size_t start, end;
+    *have_values = false;
+    if (dim > 0 && scan_line(line, len, dim, values, &start, &end)) {
+        size_t need = len - (end - start) + 4;
+        if (need > *cap) {
+            char *nb = realloc(*scratch, need);
+            if (nb) {
+                *scratch = nb;
+                *cap = need;
+            }
+        }
+        if (need <= *cap) {
+            memcpy(*scratch, line, start);
+            memcpy(*scratch + start, "null", 4);
+            memcpy(*scratch + start + 4, line + end, len - end);
+            json_t *o = json_loadb(*scratch, need, JSON_REJECT_DUPLICATES, jerr);
+            if (o) {
+                *have_values = true;
+                return o;
+            }
+            /* Invalid: parse the line as sent, for the error's position. */
+        }
+    }
+    return json_loadb(line, len, JSON_REJECT_DUPLICATES, jerr);
+}
+
 static bool is_blank(const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -496,13 +794,30 @@ static int parse_ndjson(vbatch *b, const char *p, size_t len, bool discard, char
                         size_t errlen)
 {
     size_t line = 0;
-    while (len > 0) {
+    char *scratch = NULL; /* vx_api_load_line's, reused by every line */
+    size_t cap = 0;
+    int rc = 0;
+    while (len > 0 && rc == 0) {
         const char *nl = memchr(p, '\n', len);
         size_t n = nl ? (size_t)(nl - p) : len;
         line++;
         if (!is_blank(p, n)) {
             json_error_t jerr;
-            json_t *o = json_loadb(p, n, JSON_REJECT_DUPLICATES, &jerr);
+            bool pre = false;
+            json_t *o = NULL;
+            if (b->n >= VX_INDEX_BATCH_MAX) {
+                snprintf(err, errlen, "too many vectors: at most %d vectors per request",
+                         VX_INDEX_BATCH_MAX);
+                rc = -1;
+                break;
+            }
+            if (batch_grow(b) != 0) {
+                snprintf(err, errlen, "out of memory");
+                rc = -1;
+                break;
+            }
+            o = vx_api_load_line(p, n, b->dim, b->values + b->n * b->dim, &pre, &scratch, &cap,
+                                 &jerr);
             if (!o || !json_is_object(o)) {
                 json_decref(o);
                 if (discard) {
@@ -515,15 +830,13 @@ static int parse_ndjson(vbatch *b, const char *p, size_t len, bool discard, char
                                  "line %zu: not valid JSON: %s (column %d); send "
                                  "unparsable-behavior=discard to skip such lines",
                                  line, jerr.text, jerr.column);
-                    return -1;
+                    rc = -1;
                 }
             } else {
                 char where[32];
                 snprintf(where, sizeof where, "line %zu", line);
-                int rc = batch_add(b, o, where, err, errlen);
+                rc = batch_add(b, o, where, pre, err, errlen);
                 json_decref(o);
-                if (rc != 0)
-                    return -1;
             }
         }
         if (!nl)
@@ -531,7 +844,8 @@ static int parse_ndjson(vbatch *b, const char *p, size_t len, bool discard, char
         len -= n + 1;
         p = nl + 1;
     }
-    return 0;
+    free(scratch);
+    return rc;
 }
 
 static const char *memmem_s(const char *hay, size_t n, const char *needle, size_t m)
@@ -664,7 +978,7 @@ static int parse_vectors(op_http_req *r, vbatch *b, bool discard, char *err, siz
                 rc = parse_ndjson(b, json_string_value(all), json_string_length(all), discard, err,
                                   errlen);
             } else if (json_is_object(all) && !list) {
-                rc = batch_add(b, all, "line 1", err, errlen);
+                rc = batch_add(b, all, "line 1", false, err, errlen);
             } else if (!json_is_array(list)) {
                 snprintf(err, errlen, "'vectors' must be an array of vector objects");
                 rc = -1;
@@ -675,7 +989,7 @@ static int parse_vectors(op_http_req *r, vbatch *b, bool discard, char *err, siz
                 {
                     char where[32];
                     snprintf(where, sizeof where, "vectors[%zu]", i);
-                    if ((rc = batch_add(b, e, where, err, errlen)) != 0)
+                    if ((rc = batch_add(b, e, where, false, err, errlen)) != 0)
                         break;
                 }
             }

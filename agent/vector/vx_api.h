@@ -52,6 +52,8 @@
 #ifndef VX_API_H
 #define VX_API_H
 
+#include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "config/op_config.h"
@@ -91,5 +93,16 @@ void vx_api_handle(op_http_req *r, op_runtime *rt, const char *account, const ch
  * every index of the configured accounts; op_api calls it before rendering
  * /metrics, so a scrape sees the state of that moment. */
 void vx_api_refresh_metrics(void);
+
+/* For tests: one NDJSON line as insert/upsert read it. Returns the object
+ * (one reference; NULL with jerr when the line is not valid JSON, exactly
+ * as json_loadb(line, len, JSON_REJECT_DUPLICATES) would judge it). When
+ * *have_values, its top-level "values" was an array of dim numbers, read
+ * into values[0..dim) as jansson and a float cast would read them, and the
+ * object holds null in its place; else the object is jansson's own parse
+ * and values is unspecified. scratch/cap: a buffer the call may grow and
+ * the caller frees (reused across lines). */
+json_t *vx_api_load_line(const char *line, size_t len, uint32_t dim, float *values,
+                         bool *have_values, char **scratch, size_t *cap, json_error_t *jerr);
 
 #endif
