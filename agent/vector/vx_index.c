@@ -2018,7 +2018,9 @@ static void deadline_after(struct timespec *ts, int ms)
     }
 }
 
-typedef int (*submit_check)(vx_index *x, const void *arg, char *err, size_t errlen);
+/* Called under x->mu: with commit false before the append (may refuse),
+ * with commit true once the append succeeded (records the effect). */
+typedef int (*submit_check)(vx_index *x, const void *arg, bool commit, char *err, size_t errlen);
 
 /* Logs one encoded mutation (taking ownership of payload), queues it for
  * the apply thread in id order and waits until it is durable. */
@@ -2056,9 +2058,11 @@ static int submit(vx_index *x, uint8_t type, uint8_t *payload, size_t len, submi
             }
             continue;
         }
-        if (check && (rc = check(x, arg, err, errlen)) != 0)
+        if (check && (rc = check(x, arg, false, err, errlen)) != 0)
             break;
         rc = vx_wal_append(x->wal, type, payload, len, &id);
+        if (rc == 0 && check)
+            check(x, arg, true, err, errlen);
         if (rc == -EAGAIN) { /* the log's own pending bound: let the committer catch up */
             pthread_mutex_unlock(&x->mu);
             struct timespec now, nap = {0, 1000000};
@@ -2263,32 +2267,34 @@ typedef struct meta_arg {
     bool create;
 } meta_arg;
 
-/* Under x->mu: checks against applied + pending definitions, then records
- * the mutation in them (the append that follows cannot fail for a reason
- * that would make this wrong except a failed log, after which nothing is
- * accepted anyway). */
-static int meta_check(vx_index *x, const void *arg, char *err, size_t errlen)
+/* Under x->mu: checks against applied + pending definitions; on commit
+ * records the logged mutation in them. */
+static int meta_check(vx_index *x, const void *arg, bool commit, char *err, size_t errlen)
 {
     const meta_arg *a = arg;
     long i = def_find(x->ldefs, x->nldefs, a->property);
-    if (a->create) {
-        if (i >= 0) {
+    if (!commit) {
+        if (a->create && i >= 0) {
             seterr(err, errlen, "a metadata index on '%.64s' already exists", a->property);
             return -EEXIST;
         }
-        if (x->nldefs >= VX_META_MAX_INDEXES) {
+        if (a->create && x->nldefs >= VX_META_MAX_INDEXES) {
             seterr(err, errlen, "at most %d metadata indexes per index (metadata index limit)",
                    VX_META_MAX_INDEXES);
             return -EINVAL;
         }
+        if (!a->create && i < 0) {
+            seterr(err, errlen, "no metadata index on '%.64s'", a->property);
+            return -ENOENT;
+        }
+        return 0;
+    }
+    /* commit: the checks above passed under the same hold of x->mu */
+    if (a->create) {
         vx_meta_def *d = &x->ldefs[x->nldefs++];
         snprintf(d->property, sizeof d->property, "%s", a->property);
         d->type = a->type;
     } else {
-        if (i < 0) {
-            seterr(err, errlen, "no metadata index on '%.64s'", a->property);
-            return -ENOENT;
-        }
         memmove(&x->ldefs[i], &x->ldefs[i + 1], (x->nldefs - (size_t)i - 1) * sizeof x->ldefs[0]);
         x->nldefs--;
     }

@@ -42,7 +42,27 @@
  *   snapshot_every_mutations; older log segments are then dropped.
  *   vx_index_open loads the newest valid snapshot and replays the log tail,
  *   so start-up time is bounded by the snapshot size plus the tail;
- *   vx_index_stats reports it (open_ms).
+ *   vx_index_info reports it (open_ms). The apply thread writes a snapshot
+ *   between two mutations (it is the only writer, so it streams the live
+ *   state while queries go on; mutations acknowledged meanwhile wait in the
+ *   queue). Measured with OUTPOST_VX_BENCH=100000 test_vx_index --filter
+ *   '*open_time*' (2-core VM shared with other builds, 100k x 64 cosine,
+ *   4-property metadata each, 100 mutations of 1000): open from the
+ *   snapshot 0.7 s, by replaying the whole log 38.7 s (the graph is rebuilt
+ *   insert by insert); 1966 bytes of memory per vector (graph ~700 with
+ *   f32 + int8 rows and links, the cosine originals 256, the metadata
+ *   documents as json_t most of the rest).
+ *
+ * Graph upkeep
+ *   Tombstones are repaired (vx_hnsw_repair) once they pass 2% of the slots
+ *   (and 256); once vx_hnsw_needs_compact holds (and there are at least 32
+ *   tombstones) the apply thread rebuilds the graph and every slot-indexed
+ *   structure from the live vectors and swaps it in; queries use the old
+ *   one until the swap. Applies wait meanwhile (acks do not).
+ *
+ * Files: <dir>/index.json (the config: written once, temp file + fsync +
+ *   rename + directory fsync; open refuses a malformed one, naming the
+ *   field), <dir>/wal/ (vx_wal: log segments and snapshots).
  *
  * Reads
  *   vx_index_query: nearest live vectors to a vector (or to the stored
@@ -197,7 +217,10 @@ typedef struct vx_meta_def {
 /* The metadata indexes as applied: up to VX_META_MAX_INDEXES into defs. */
 size_t vx_index_meta_list(vx_index *x, vx_meta_def defs[VX_META_MAX_INDEXES]);
 
-/* Waits until every mutation <= id is applied. 0, -ETIMEDOUT, -ESHUTDOWN. */
+/* Waits until every mutation <= id is applied. 0, -ETIMEDOUT, -ESHUTDOWN,
+ * -EIO (the index failed: its log failed or a mutation could not be
+ * applied, e.g. out of memory; it keeps serving reads of what it has and
+ * refuses writes; reopen to recover from the log). */
 int vx_index_wait_applied(vx_index *x, uint64_t id, int timeout_ms);
 
 /* --- Reads ---------------------------------------------------------------- */

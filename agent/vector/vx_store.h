@@ -7,7 +7,10 @@
  *
  * Account directory names: an account name made only of [A-Za-z0-9_-] (at
  * most 64 bytes) is used as is, anything else as "x" + hex of its bytes,
- * so no account name can escape root.
+ * so no account name can escape root. A plain name that has the shape of
+ * an encoded one ('x' and lowercase hex digits only, e.g. "x41") is encoded
+ * too, so two accounts never share a directory. Account names are at most
+ * 120 bytes (-EINVAL): the hex form must fit a file name.
  *
  * Deletion: the index is removed from the catalog at once (new requests get
  * 404), its directory renamed to <root>/.trash/<...> and removed once the

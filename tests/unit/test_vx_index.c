@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "test_support.h"
 #include "vector/vx_index.h"
@@ -1013,6 +1014,71 @@ Test(vx_index, corrupt_index_json_or_wal_payload_is_refused_with_a_reason)
     snprintf(c.name, sizeof c.name, "x");
     c.dimensions = 3;
     cr_assert_eq(vx_index_create(path, &c, &o, &x, err, sizeof err), -EEXIST);
+    ts_tmpdir_remove(dir);
+    free(dir);
+}
+
+/* ---------------------------------------------------------------- open time */
+
+/* Start-up cost from a snapshot vs. from log replay, and memory per vector.
+ * Long (it builds the graph twice): runs only with OUTPOST_VX_BENCH=<n>
+ * (vectors; e.g. 100000), skipped visibly otherwise. */
+Test(vx_index, open_time_snapshot_vs_replay, .timeout = 900)
+{
+    const char *env = getenv("OUTPOST_VX_BENCH");
+    if (!env || atol(env) <= 0)
+        cr_skip_test("set OUTPOST_VX_BENCH=<vectors> to measure open times");
+    const size_t N = (size_t)atol(env);
+    const uint32_t dim = 64;
+    cr_assert_leq(N, 200000);
+    char *dir = ts_tmpdir();
+    vx_index_opts o;
+    vx_index_opts_init(&o);
+    o.fsync = false;
+    o.snapshot_every_mutations = 1000000;
+    o.snapshot_every_bytes = 1ull << 40;
+    vx_index *x = make(dir, dim, VX_COSINE, &o);
+    float *data = gen_data(N, dim);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    wait_all(x, put_rows(x, data, dim, 0, N, md_of, ns_of));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    vx_index_info a;
+    vx_index_info_get(x, &a);
+    cr_log_warn("bench: %zu x %u cosine built in %.1f s, %zu bytes = %.0f bytes/vector, disk %llu",
+                N, dim, (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9,
+                a.memory_bytes, (double)a.memory_bytes / (double)N,
+                (unsigned long long)a.disk_bytes);
+    vx_index_unref(x);
+    /* replay the whole log */
+    x = reopen(dir, &o);
+    vx_index_info b;
+    vx_index_info_get(x, &b);
+    cr_assert_eq(b.vector_count, N);
+    cr_log_warn("bench: open by log replay: %.1f ms (%llu records)", b.open_ms,
+                (unsigned long long)b.replayed_records);
+    vx_index_unref(x);
+    /* a reopen whose apply thread snapshots at once, then open from it */
+    vx_index_opts os = o;
+    os.snapshot_every_mutations = 1;
+    x = reopen(dir, &os);
+    for (int i = 0; i < 6000; i++) {
+        vx_index_info_get(x, &b);
+        if (b.snapshot_id)
+            break;
+        struct timespec nap = {0, 10000000};
+        nanosleep(&nap, NULL);
+    }
+    cr_assert_gt(b.snapshot_id, 0);
+    vx_index_unref(x);
+    x = reopen(dir, &o);
+    vx_index_info_get(x, &b);
+    cr_assert_eq(b.vector_count, N);
+    cr_assert_eq(b.replayed_records, 0);
+    cr_log_warn("bench: open from snapshot: %.1f ms (disk %llu bytes)", b.open_ms,
+                (unsigned long long)b.disk_bytes);
+    vx_index_unref(x);
+    free(data);
     ts_tmpdir_remove(dir);
     free(dir);
 }
