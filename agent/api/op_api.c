@@ -16,6 +16,7 @@
 #include "platform/pl_log.h"
 #include "platform/pl_time.h"
 #include "runtime/op_runtime.h"
+#include "vector/vx_api.h"
 
 #define ACCOUNTS_PREFIX "/client/v4/accounts/"
 
@@ -246,6 +247,7 @@ static void handle_metrics(op_http_req *r)
 {
     char *text;
     size_t len;
+    vx_api_refresh_metrics(); /* per-index gauges as of this scrape */
     if (op_metrics_render(&text, &len) != 0) {
         respond_error(r, 500, OP_API_ERR_INFERENCE, "out of memory");
         return;
@@ -1016,6 +1018,14 @@ static void route_api(op_http_req *r, op_runtime *rt)
         op_http_req_set_route(r, "gateway_admin");
         if (authenticate(r, rt, account))
             gw_admin_handle(r, rt->cfg, account, sub + 11, gw_svc_registry(), gw_svc_logs());
+        return;
+    }
+
+    /* Vectorize v2 (docs/vectorize.md), account tokens as every account route. */
+    if (scoped && strncmp(sub, "/vectorize/v2/", 14) == 0) {
+        op_http_req_set_route(r, "vectorize");
+        if (authenticate(r, rt, account))
+            vx_api_handle(r, rt, account, sub + 13);
         return;
     }
 

@@ -1801,6 +1801,35 @@ static const field gateway_opts_fields[] = {
     END,
 };
 
+/* hnsw fills members of op_config_vectorize itself: off 0 */
+static const field vectorize_hnsw_fields[] = {
+    F("m", f_int, false, op_config_vectorize, hnsw_m, 2, 128),
+    F("ef_construction", f_int, false, op_config_vectorize, hnsw_ef_construction, 1, 10000),
+    F("ef_search", f_int, false, op_config_vectorize, hnsw_ef_search, 1, 10000),
+    END,
+};
+
+static const field vectorize_fields[] = {
+    F("enabled", f_bool, false, op_config_vectorize, enabled, 0, 0),
+    F("max_dimensions", f_int, false, op_config_vectorize, max_dimensions, 1, 65536),
+    F("max_indexes", f_int, false, op_config_vectorize, max_indexes, 1, 100000),
+    F("fsync", f_bool, false, op_config_vectorize, fsync, 0, 0),
+    F("snapshot_every_bytes", f_size, false, op_config_vectorize, snapshot_every_bytes, MIB,
+      MAX_SIZE_BYTES),
+    F("snapshot_every_mutations", f_u64, false, op_config_vectorize, snapshot_every_mutations, 1,
+      1000000000LL),
+    F("write_timeout_ms", f_int, false, op_config_vectorize, write_timeout_ms, 1, 3600000),
+    {.key = "hnsw", .fn = f_section, .sub = vectorize_hnsw_fields},
+    END,
+};
+
+static void f_vectorize(ctx *c, const node *v, void *obj, const field *f, const char *path)
+{
+    op_config_vectorize *x = &((op_config *)obj)->vectorize;
+    x->pos = (op_config_pos){v->line, v->col};
+    walk_mapping(c, v, path, f->sub, x);
+}
+
 static const field top_fields[] = {
     {.key = "server", .fn = f_server, .required = true, .sub = server_fields},
     FS("log", false, op_config, log, log_fields),
@@ -1814,6 +1843,7 @@ static const field top_fields[] = {
     {.key = "gateway", .fn = f_gateway_opts, .sub = gateway_opts_fields},
     FC("gateways", f_gateways, false),
     FC("prices", f_prices, false),
+    {.key = "vectorize", .fn = f_vectorize, .sub = vectorize_fields},
     END,
 };
 
@@ -1831,6 +1861,8 @@ TABLE_FITS(rate_limit_fields);
 TABLE_FITS(gateway_fields);
 TABLE_FITS(price_fields);
 TABLE_FITS(gateway_opts_fields);
+TABLE_FITS(vectorize_fields);
+TABLE_FITS(vectorize_hnsw_fields);
 
 static void f_server(ctx *c, const node *v, void *obj, const field *f, const char *path)
 {
@@ -2414,6 +2446,16 @@ static void set_defaults(ctx *c, op_config *cfg)
     cfg->gateway.log_commit_interval_us = 2000;
     cfg->gateway.log_fsync = true;
     cfg->gateway.log_segment_bytes = 64 * MIB;
+    cfg->vectorize.enabled = true;
+    cfg->vectorize.max_dimensions = 1536;
+    cfg->vectorize.max_indexes = 100;
+    cfg->vectorize.fsync = true;
+    cfg->vectorize.snapshot_every_bytes = 64 * MIB;
+    cfg->vectorize.snapshot_every_mutations = 10000;
+    cfg->vectorize.write_timeout_ms = 30000;
+    cfg->vectorize.hnsw_m = 16;
+    cfg->vectorize.hnsw_ef_construction = 200;
+    cfg->vectorize.hnsw_ef_search = 64;
 }
 
 void op_config_free(op_config *cfg)
@@ -2644,5 +2686,23 @@ const char *op_config_restart_required(const op_config *old, const op_config *ne
         return "gateway.log_fsync";
     if (ga->log_segment_bytes != gb->log_segment_bytes)
         return "gateway.log_segment_bytes";
+    const op_config_vectorize *va = &old->vectorize, *vb = &new_cfg->vectorize;
+    if (va->enabled != vb->enabled)
+        return "vectorize.enabled";
+    if (va->max_dimensions != vb->max_dimensions)
+        return "vectorize.max_dimensions";
+    if (va->max_indexes != vb->max_indexes)
+        return "vectorize.max_indexes";
+    if (va->fsync != vb->fsync)
+        return "vectorize.fsync";
+    if (va->snapshot_every_bytes != vb->snapshot_every_bytes)
+        return "vectorize.snapshot_every_bytes";
+    if (va->snapshot_every_mutations != vb->snapshot_every_mutations)
+        return "vectorize.snapshot_every_mutations";
+    if (va->write_timeout_ms != vb->write_timeout_ms)
+        return "vectorize.write_timeout_ms";
+    if (va->hnsw_m != vb->hnsw_m || va->hnsw_ef_construction != vb->hnsw_ef_construction ||
+        va->hnsw_ef_search != vb->hnsw_ef_search)
+        return "vectorize.hnsw";
     return NULL;
 }

@@ -176,6 +176,24 @@ typedef struct op_config_gateway_opts {
     op_config_pos pos;
 } op_config_gateway_opts;
 
+/* Vector indexes: the `vectorize:` section (docs/config.md, docs/vectorize.md).
+ * Every key takes effect at the next start. The hnsw_* values are the graph
+ * parameters given to indexes created from then on (an index keeps the ones
+ * it was created with). */
+typedef struct op_config_vectorize {
+    bool enabled;             /* serve .../vectorize/v2 and open the store (default true) */
+    int max_dimensions;       /* largest index dimensions accepted, 1..65536 (default 1536) */
+    int max_indexes;          /* indexes per account, 1..100000 (default 100) */
+    bool fsync;               /* fdatasync each WAL group commit (default true) */
+    size_t snapshot_every_bytes;       /* log bytes since the last snapshot (default 64 MiB) */
+    uint64_t snapshot_every_mutations; /* mutations since the last snapshot (default 10000) */
+    int write_timeout_ms;     /* a writer's wait on backpressure before 429 (default 30000) */
+    int hnsw_m;               /* hnsw.m: links per node, 2..128 (default 16) */
+    int hnsw_ef_construction; /* hnsw.ef_construction: build beam, 1..10000 (default 200) */
+    int hnsw_ef_search;       /* hnsw.ef_search: query beam, 1..10000 (default 64) */
+    op_config_pos pos;
+} op_config_vectorize;
+
 typedef struct op_config {
     char *path;               /* the file this came from, as given */
     char *base_dir;           /* its directory, for relative paths */
@@ -195,6 +213,7 @@ typedef struct op_config {
     op_config_price *prices;
     size_t n_prices;
     op_config_gateway_opts gateway;
+    op_config_vectorize vectorize;
 } op_config;
 
 /* One diagnostic; message already starts with "FILE:LINE:COLUMN: ". */
@@ -233,8 +252,9 @@ const op_config_gateway *op_config_find_gateway(const op_config *cfg, const char
 /*
  * Reload (SIGHUP) contract, see docs/config.md: accounts/tokens, log, policy,
  * models, gateways and prices apply live; server.*, data_dir, devices,
- * plugins.dirs and the node-wide `gateway:` section (cache_bytes,
- * upstream_threads, log_*) take effect only at the next start. Returns NULL when every key that needs a
+ * plugins.dirs, the node-wide `gateway:` section (cache_bytes,
+ * upstream_threads, log_*) and the `vectorize:` section take effect only at
+ * the next start. Returns NULL when every key that needs a
  * restart is equal in old and new_cfg, else the first one that differs
  * (e.g. "server.listen"), for the reload to log. Static string; no allocation.
  */

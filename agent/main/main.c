@@ -29,6 +29,7 @@
 #include "platform/pl_log.h"
 #include "platform/pl_time.h"
 #include "runtime/op_runtime.h"
+#include "vector/vx_api.h"
 #include "drivers/cpu/drv_cpu.h"
 
 #ifndef OUTPOST_VERSION
@@ -261,8 +262,19 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    {
+        op_runtime *v0 = op_runtime_acquire();
+        int vrc = vx_api_start(v0->cfg, err, sizeof err);
+        op_runtime_release(v0);
+        if (vrc != 0) {
+            PL_LOG_ERROR("startup.failed", "reason", "cannot open the vector indexes", "error",
+                         err);
+            return 1;
+        }
+    }
     if (op_api_start() != 0) {
         PL_LOG_ERROR("startup.failed", "reason", "cannot start the API watchdog");
+        vx_api_stop();
         return 1;
     }
     /* hopt.host points into the config held by the published runtime, which
@@ -273,6 +285,7 @@ int main(int argc, char **argv)
     if (!srv) {
         PL_LOG_ERROR("startup.failed", "reason", err);
         op_api_stop();
+        vx_api_stop();
         op_runtime_publish(NULL);
         return 1;
     }
@@ -307,6 +320,8 @@ int main(int argc, char **argv)
      * request logs durably. */
     gw_service_stop();
     op_http_server_stop(srv);
+    /* No request runs now: apply what is pending and close the indexes. */
+    vx_api_stop();
     op_api_stop();
     op_runtime_publish(NULL);
     op_plugins_drain(); /* model unloads handed to the plugin reaper */

@@ -1610,3 +1610,115 @@ Test(config_fuzz, gateway_prefixes_and_mutations)
     }
     free(text);
 }
+
+/* ------------------------------------------------------------------------ */
+/* The vectorize: section                                                   */
+/* ------------------------------------------------------------------------ */
+
+Test(config_vectorize, every_default)
+{
+    op_config *cfg = parse_ok("server: {listen: 'h:1'}\n", "/x");
+    const op_config_vectorize *v = &cfg->vectorize;
+    cr_assert(v->enabled);
+    cr_assert_eq(v->max_dimensions, 1536);
+    cr_assert_eq(v->max_indexes, 100);
+    cr_assert(v->fsync);
+    cr_assert_eq(v->snapshot_every_bytes, 64u << 20);
+    cr_assert_eq(v->snapshot_every_mutations, 10000);
+    cr_assert_eq(v->write_timeout_ms, 30000);
+    cr_assert_eq(v->hnsw_m, 16);
+    cr_assert_eq(v->hnsw_ef_construction, 200);
+    cr_assert_eq(v->hnsw_ef_search, 64);
+    cr_assert_eq(v->pos.line, 0);
+    op_config_free(cfg);
+}
+
+Test(config_vectorize, full_section_parses_into_its_values)
+{
+    op_config *cfg = parse_ok("server: {listen: 'h:1'}\n"         /* 1 */
+                              "vectorize:\n"                      /* 2 */
+                              "  enabled: false\n"                /* 3 */
+                              "  max_dimensions: 4096\n"          /* 4 */
+                              "  max_indexes: 7\n"                /* 5 */
+                              "  fsync: false\n"                  /* 6 */
+                              "  snapshot_every_bytes: 8MiB\n"    /* 7 */
+                              "  snapshot_every_mutations: 500\n" /* 8 */
+                              "  write_timeout_ms: 1500\n"        /* 9 */
+                              "  hnsw:\n"                         /* 10 */
+                              "    m: 32\n"                       /* 11 */
+                              "    ef_construction: 400\n"        /* 12 */
+                              "    ef_search: 128\n",             /* 13 */
+                              "/x");
+    const op_config_vectorize *v = &cfg->vectorize;
+    cr_assert_not(v->enabled);
+    cr_assert_eq(v->max_dimensions, 4096);
+    cr_assert_eq(v->max_indexes, 7);
+    cr_assert_not(v->fsync);
+    cr_assert_eq(v->snapshot_every_bytes, 8u << 20);
+    cr_assert_eq(v->snapshot_every_mutations, 500);
+    cr_assert_eq(v->write_timeout_ms, 1500);
+    cr_assert_eq(v->hnsw_m, 32);
+    cr_assert_eq(v->hnsw_ef_construction, 400);
+    cr_assert_eq(v->hnsw_ef_search, 128);
+    cr_assert_eq(v->pos.line, 3);
+    cr_assert_eq(v->pos.column, 3);
+    op_config_free(cfg);
+}
+
+Test(config_vectorize, errors_name_their_place)
+{
+    expect_text_errors("server: {listen: 'h:1'}\n"          /* 1 */
+                       "vectorize:\n"                       /* 2 */
+                       "  enabled: yes\n"                   /* 3 */
+                       "  max_dimensions: 0\n"              /* 4 */
+                       "  max_indexes: many\n"              /* 5 */
+                       "  snapshot_every_bytes: 1KiB\n"     /* 6 */
+                       "  snapshot_every_mutations: 0\n"    /* 7 */
+                       "  hnsw: {m: 1, ef_search: 20000}\n" /* 8 */
+                       "  max_dimension: 3\n",              /* 9 */
+                       (const char *const[]){
+                           "3:12: expected true or false for vectorize.enabled, got 'yes'",
+                           "4:19: vectorize.max_dimensions must be between 1 and 65536, got 0",
+                           "5:16: expected an integer for vectorize.max_indexes, got 'many'",
+                           "6:25: vectorize.snapshot_every_bytes must be between 1048576 and "
+                           "1099511627776 bytes, got 1KiB",
+                           "7:29: vectorize.snapshot_every_mutations must be between 1 and "
+                           "1000000000, got 0",
+                           "8:13: vectorize.hnsw.m must be between 2 and 128, got 1",
+                           "8:27: vectorize.hnsw.ef_search must be between 1 and 10000, got "
+                           "20000",
+                           "9:3: unknown key 'max_dimension' in vectorize (did you mean "
+                           "'max_dimensions'?)",
+                           NULL});
+}
+
+Test(config_vectorize, restart_required_for_every_key)
+{
+    const char *base = "server: {listen: 'h:1'}\n";
+    op_config *a = parse_ok(base, "/x");
+    static const struct {
+        const char *section, *key;
+    } cases[] = {
+        {"{enabled: false}", "vectorize.enabled"},
+        {"{max_dimensions: 2048}", "vectorize.max_dimensions"},
+        {"{max_indexes: 5}", "vectorize.max_indexes"},
+        {"{fsync: false}", "vectorize.fsync"},
+        {"{snapshot_every_bytes: 1GiB}", "vectorize.snapshot_every_bytes"},
+        {"{snapshot_every_mutations: 1}", "vectorize.snapshot_every_mutations"},
+        {"{write_timeout_ms: 1}", "vectorize.write_timeout_ms"},
+        {"{hnsw: {ef_search: 100}}", "vectorize.hnsw"},
+        {"{max_dimensions: 1536, hnsw: {m: 16}}", NULL}, /* the defaults, written out */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[200];
+        snprintf(text, sizeof text, "%svectorize: %s\n", base, cases[i].section);
+        op_config *c = parse_ok(text, "/x");
+        const char *got = op_config_restart_required(a, c);
+        if (cases[i].key)
+            cr_assert_str_eq(got, cases[i].key, "%s", cases[i].section);
+        else
+            cr_assert_null(got, "%s", cases[i].section);
+        op_config_free(c);
+    }
+    op_config_free(a);
+}
