@@ -36,6 +36,9 @@
  * (doubles) come back exactly; vector values and scores (float32) are
  * written by hand in their shortest form (fput_float). */
 #define JSON_FLAGS JSON_COMPACT
+/* Bound of a query's "ef" (Outpost's extension): the beam, and with it the
+ * work of one query, stays bounded whatever a client asks. */
+#define VX_API_EF_MAX 4096
 
 /* ------------------------------------------------------------------------ */
 /* state and metrics                                                         */
@@ -1743,6 +1746,8 @@ static void handle_query(vreq *q, vx_index *x)
     const json_t *jrm = json_object_get(in, "returnMetadata");
     const json_t *jns = json_object_get(in, "namespace");
     const json_t *jf = json_object_get(in, "filter");
+    const json_t *jef = json_object_get(in, "ef"); /* Outpost's: the search beam width */
+    long long ef = 0;
     int given =
         (jv && !json_is_null(jv)) + (jid && !json_is_null(jid)) + (jtext && !json_is_null(jtext));
     long long k = VX_INDEX_TOPK_DEFAULT;
@@ -1762,7 +1767,10 @@ static void handle_query(vreq *q, vx_index *x)
                  VX_INDEX_NAMESPACE_MAX);
     } else if (jf && !json_is_null(jf) && !json_is_object(jf)) {
         snprintf(err, sizeof err, "'filter' must be a JSON object");
+    } else if (jef && !json_is_null(jef) && !json_whole(jef, 1, VX_API_EF_MAX, &ef)) {
+        snprintf(err, sizeof err, "'ef' must be a whole number from 1 to %d", VX_API_EF_MAX);
     }
+    qq.ef = (uint32_t)ef;
     qq.return_values = json_is_true(jrv);
     if (!err[0]) {
         if (!jrm || json_is_null(jrm) || json_is_false(jrm))

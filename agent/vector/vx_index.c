@@ -419,7 +419,7 @@ struct vx_index {
     bool th_started;
 
     /* apply-thread bookkeeping */
-    uint64_t since_snap_bytes, since_snap_muts;
+    uint64_t since_snap_bytes, since_snap_muts, since_snap_vecs;
     uint32_t unrepaired;
     atomic_uint_fast64_t compactions;
     atomic_uint_fast64_t snapshot_id;
@@ -744,6 +744,7 @@ static int apply_vectors(vx_index *x, bool upsert, const uint8_t *p, size_t len,
     int rc = decode_vectors(p, len, dim, &v, &n, err, errlen);
     if (rc)
         return rc;
+    x->since_snap_vecs += n; /* replay cost of the tail: see maybe_snapshot */
     /* Duplicates in the batch: upsert keeps the last, insert the first. A
      * small open-addressing table of batch positions. */
     size_t tcap = 16;
@@ -1199,6 +1200,7 @@ static int snapshot(vx_index *x)
         atomic_store(&x->snapshot_id, x->state_id);
         x->since_snap_bytes = 0;
         x->since_snap_muts = 0;
+        x->since_snap_vecs = 0;
     }
     return rc;
 }
@@ -1944,12 +1946,23 @@ static void fail_index(vx_index *x, const char *msg)
     PL_LOG_ERROR("vx_index.failed", "dir", x->dir, "reason", msg);
 }
 
+#define VX_SNAP_VECTORS 16384u
+
 static void maybe_snapshot(vx_index *x)
 {
     if (x->state_id == 0 || x->state_id <= atomic_load(&x->snapshot_id))
         return;
+    /* Start-up replays the tail one graph insert at a time (about 0.4 ms a
+     * vector at 384 dimensions), while a snapshot loads at about 7 us a
+     * vector: so besides the byte and mutation thresholds, snapshot once
+     * the tail holds VX_SNAP_VECTORS vectors or an eighth of the index,
+     * whichever is more (bounding the replay to seconds without rewriting
+     * a large index every few thousand vectors). */
+    uint64_t live = vx_hnsw_live(x->cur.g);
+    uint64_t vec_threshold = live / 8 > VX_SNAP_VECTORS ? live / 8 : VX_SNAP_VECTORS;
     if (x->since_snap_bytes < x->opts.snapshot_every_bytes &&
-        x->since_snap_muts < x->opts.snapshot_every_mutations)
+        x->since_snap_muts < x->opts.snapshot_every_mutations &&
+        x->since_snap_vecs < vec_threshold)
         return;
     int rc = snapshot(x);
     if (rc && rc != -EBUSY) {
@@ -1959,6 +1972,7 @@ static void maybe_snapshot(vx_index *x)
                     strerror(-rc));
         x->since_snap_muts = 0; /* retry after another interval, not every mutation */
         x->since_snap_bytes = 0;
+        x->since_snap_vecs = 0;
     }
 }
 

@@ -39,7 +39,10 @@
  *   The apply thread snapshots the state (graph, ids, namespaces, metadata,
  *   metadata-index definitions) into the WAL's snapshot mechanism once the
  *   log since the last snapshot passes snapshot_every_bytes or
- *   snapshot_every_mutations; older log segments are then dropped.
+ *   snapshot_every_mutations, or holds more vectors than 16384 or an
+ *   eighth of the index (whichever is more: replaying a vector costs a
+ *   graph insert, loading it from a snapshot far less); older log segments
+ *   are then dropped.
  *   vx_index_open loads the newest valid snapshot and replays the log tail,
  *   so start-up time is bounded by the snapshot size plus the tail;
  *   vx_index_info reports it (open_ms). The apply thread writes a snapshot
