@@ -42,7 +42,8 @@ typedef struct mat {
 
 typedef struct opts {
     const char *data, *name, *metric;
-    uint32_t M, efc, k, reps, max_n;
+    uint32_t M, efc, k, reps, max_n, rerank;
+    const char *index_cache;
     uint32_t ef[MAX_LIST], n_ef;
     uint32_t thr[MAX_LIST], n_thr;
     uint32_t build_threads;
@@ -218,7 +219,8 @@ static void usage(void)
 {
     fprintf(stderr, "usage: vector_bench --data DIR --name NAME --metric cosine|euclidean|dot-product\n"
                     "  [--M 16] [--efc 200] [--ef 10,16,24,...] [--threads 1,2] [--reps 3]\n"
-                    "  [--min-s 0.25] [--k 10] [--max-n N] [--build-threads 1]\n");
+                    "  [--min-s 0.25] [--k 10] [--max-n N] [--build-threads 1]\n"
+                    "  [--rerank-factor R] [--index-cache FILE]\n");
     exit(2);
 }
 
@@ -247,6 +249,10 @@ int main(int argc, char **argv)
             o.k = (uint32_t)atoi(v);
         else if (!strcmp(a, "--reps"))
             o.reps = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--rerank-factor"))
+            o.rerank = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--index-cache"))
+            o.index_cache = v;
         else if (!strcmp(a, "--max-n"))
             o.max_n = (uint32_t)atoi(v);
         else if (!strcmp(a, "--build-threads"))
@@ -291,9 +297,26 @@ int main(int argc, char **argv)
 
     vx_hnsw_params p;
     vx_hnsw_params_default(&p);
+    vx_hnsw_hit *hits = NULL;
+    uint32_t *nhits = NULL;
     p.M = o.M;
     p.ef_construction = o.efc;
+    p.rerank_factor = o.rerank;
     vx_hnsw *x = NULL;
+    if (o.index_cache) {
+        /* development aid: reuse a saved graph (no build figures) */
+        FILE *f = fopen(o.index_cache, "rb");
+        const char *why = NULL;
+        if (f && vx_hnsw_load(f, &x, &why) == VX_HNSW_OK) {
+            fclose(f);
+            fprintf(stderr, "vector_bench: graph loaded from %s\n", o.index_cache);
+            goto searches;
+        }
+        if (f) {
+            fclose(f);
+            fprintf(stderr, "vector_bench: %s: %s; building\n", o.index_cache, why ? why : "?");
+        }
+    }
     if (vx_hnsw_create(base.dim, (vx_metric)metric, &p, &x) != VX_HNSW_OK) {
         fprintf(stderr, "vector_bench: vx_hnsw_create failed\n");
         return 1;
@@ -319,8 +342,8 @@ int main(int argc, char **argv)
     }
     /* one search per thread first: the scratch pool is then warm, and
      * counted in the memory figure as the agent would hold it */
-    vx_hnsw_hit *hits = calloc((size_t)q.n * o.k, sizeof *hits);
-    uint32_t *nhits = calloc(q.n, sizeof *nhits);
+    hits = calloc((size_t)q.n * o.k, sizeof *hits);
+    nhits = calloc(q.n, sizeof *nhits);
     if (!hits || !nhits)
         return 1;
     uint32_t max_thr = 1;
@@ -334,7 +357,23 @@ int main(int argc, char **argv)
            o.name, base.n, base.dim, o.metric, o.build_threads, build_s, vx_hnsw_memory_bytes(x),
            rss1 > rss0 ? rss1 - rss0 : 0, vx_tier_name(vx_dist_tier()));
     fflush(stdout);
-
+    if (o.index_cache) {
+        FILE *f = fopen(o.index_cache, "wb");
+        if (!f || vx_hnsw_save(x, f) != VX_HNSW_OK)
+            fprintf(stderr, "vector_bench: could not save %s\n", o.index_cache);
+        if (f)
+            fclose(f);
+    }
+searches:
+    if (!hits) {
+        hits = calloc((size_t)q.n * o.k, sizeof *hits);
+        nhits = calloc(q.n, sizeof *nhits);
+        if (!hits || !nhits)
+            return 1;
+    }
+    /* the graph's own rerank factor, or --rerank-factor */
+    vx_hnsw_get_params(x, &p);
+    fprintf(stderr, "outpost %s: rerank_factor %u (beam = max(ef, k * rerank_factor))\n", o.name, p.rerank_factor);
     for (uint32_t ti = 0; ti < o.n_thr; ti++) {
         uint32_t threads = o.thr[ti];
         for (uint32_t ei = 0; ei < o.n_ef; ei++) {
@@ -361,8 +400,8 @@ int main(int argc, char **argv)
             memcpy(sorted, qps, sizeof(double) * o.reps);
             qsort(sorted, o.reps, sizeof(double), cmp_double);
             printf("{\"lib\":\"outpost\",\"dataset\":\"%s\",\"kind\":\"search\",\"threads\":%u,\"ef\":%u,"
-                   "\"k\":%u,\"recall\":%.4f,\"qps\":%.1f,\"qps_runs\":[",
-                   o.name, threads, ef, o.k, rec, sorted[o.reps / 2]);
+                   "\"k\":%u,\"rerank_factor\":%u,\"recall\":%.4f,\"qps\":%.1f,\"qps_runs\":[",
+                   o.name, threads, ef, o.k, p.rerank_factor, rec, sorted[o.reps / 2]);
             for (uint32_t r = 0; r < o.reps; r++)
                 printf("%s%.1f", r ? "," : "", qps[r]);
             printf("]}\n");

@@ -378,8 +378,8 @@ def main():
     ap.add_argument("--real-max", type=int, default=0, help="cap on base sentences (0: all)")
     ap.add_argument("--synth-n", type=int, default=500000)
     ap.add_argument("--synth-dim", type=int, default=96)
-    ap.add_argument("--synth-clusters", type=int, default=1000)
-    ap.add_argument("--synth-sigma", type=float, default=0.5)
+    ap.add_argument("--synth-clusters", type=int, default=10000)
+    ap.add_argument("--synth-sigma", type=float, default=1.0)
     ap.add_argument("--count-only", action="store_true", help="print the corpus size and exit")
     args = ap.parse_args()
     args.taskset = ["taskset", "-c", args.cpus] if args.cpus else []
