@@ -11,7 +11,7 @@
 #   real   sentences of four Debian documentation packages embedded by the
 #          agent's own embedder (build/outpostd, all-MiniLM-L6-v2, POST
 #          /v1/embeddings), 384 dims, cosine, 1,000 held-out queries
-#   synth  500,000 x 96 clustered Gaussian, euclidean
+#   synth  300,000 x 96 clustered Gaussian (10,000 clusters), euclidean
 # Peers and the corpus packages come from Debian and are installed here
 # when missing (apt-get, as root). Every process runs under taskset on the
 # same CPU list; the thread counts are 1 and the number of CPUs in it.
@@ -74,10 +74,14 @@ echo "vector_bench: CPUs $CPUS, threads $THREADS, reps $REPS, load average $(cut
 for ds in $DATASETS; do
   metric=cosine
   [ "$ds" = synth ] && metric=euclidean
+  # Outpost: vx_hnsw has one writer, so its graph is built by one thread;
+  # rerank_factor 1 makes ef the beam width, as in hnswlib and FAISS (the
+  # agent's default, 4, floors the beam at 4k = 40: the same curve from ef 40)
   taskset -c "$CPUS" build/bench/vector_bench --data build/bench-data --name "$ds" --metric "$metric" \
-    --ef "$EF" --threads "$THREADS" --reps "$REPS" --min-s "$MIN_S" >> "$OUT"
+    --ef "$EF" --threads "$THREADS" --reps "$REPS" --min-s "$MIN_S" --rerank-factor 1 >> "$OUT"
+  # the peers build with every CPU of the list (their add is parallel)
   taskset -c "$CPUS" "$PY" bench/vector_peers.py run --name "$ds" --metric "$metric" \
-    --ef "$EF" --threads "$THREADS" --reps "$REPS" --min-s "$MIN_S" >> "$OUT"
+    --ef "$EF" --threads "$THREADS" --reps "$REPS" --min-s "$MIN_S" --build-threads "$NCPU" >> "$OUT"
 done
 echo "vector_bench: done, load average $(cut -d' ' -f1-3 /proc/loadavg); results in $OUT" >&2
 echo "CPUs $CPUS ($(lscpu | sed -n 's/^Model name: *//p')), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"

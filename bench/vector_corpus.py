@@ -376,7 +376,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--real-max", type=int, default=0, help="cap on base sentences (0: all)")
-    ap.add_argument("--synth-n", type=int, default=500000)
+    ap.add_argument("--synth-n", type=int, default=300000)
     ap.add_argument("--synth-dim", type=int, default=96)
     ap.add_argument("--synth-clusters", type=int, default=10000)
     ap.add_argument("--synth-sigma", type=float, default=1.0)

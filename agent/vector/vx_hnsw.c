@@ -51,11 +51,12 @@ struct vx_hnsw {
     uint32_t count, cap, n_deleted;
     uint32_t entry, max_level;
     float *rows;
-    /* cap rows of cstride bytes: dim int8 codes, padding to 4 bytes, then
-     * the row's scale and float squared norm, so scoring a node touches
-     * one contiguous run of memory (see code_at, meta_at) */
+    /* cap rows of cstride bytes: the row's scale and float squared norm,
+     * then its dim int8 codes, padded to 4 bytes; scoring a node touches
+     * one contiguous run of memory, whose first line (the one prefetched
+     * first) holds what the score needs last (see code_at, meta_at) */
     int8_t *codes;
-    size_t cstride, cmeta;
+    size_t cstride;
     uint8_t *levels, *deleted;
     uint32_t *links0;  /* cap * (1 + maxM0): count then ids */
     uint32_t **upper;  /* levels[i] * (1 + maxM) per node with level > 0 */
@@ -165,13 +166,13 @@ static inline uint32_t *links(const vx_hnsw *x, uint32_t i, uint32_t l)
 
 static inline const int8_t *code_at(const vx_hnsw *x, uint32_t i)
 {
-    return x->codes + (size_t)i * x->cstride;
+    return x->codes + (size_t)i * x->cstride + 2 * sizeof(float);
 }
 
 /* m[0] = scale, m[1] = squared norm of row i */
 static inline void meta_at(const vx_hnsw *x, uint32_t i, float m[2])
 {
-    memcpy(m, x->codes + (size_t)i * x->cstride + x->cmeta, 2 * sizeof(float));
+    memcpy(m, x->codes + (size_t)i * x->cstride, 2 * sizeof(float));
 }
 
 static inline qref node_ref(const vx_hnsw *x, uint32_t i)
@@ -317,16 +318,14 @@ static uint32_t greedy(const vx_hnsw *x, const qref *q, uint32_t cur, float *cur
  * index, and the rows of one neighbour list are independent loads. */
 static inline void prefetch_node(const vx_hnsw *x, uint32_t j)
 {
-    const char *p = (const char *)code_at(x, j);
+    const char *p = (const char *)(x->codes + (size_t)j * x->cstride);
     for (size_t o = 0; o < x->cstride; o += 64)
         __builtin_prefetch(p + o);
     __builtin_prefetch(p + x->cstride - 1);
 }
 
 /* How many rows ahead of the one being scored are prefetched. */
-#ifndef PF_AHEAD
 #define PF_AHEAD 3
-#endif
 
 /* Beam search at one layer; leaves up to ef admitted nodes in s->res
  * (max-heap). query: admit only live, allowed nodes (construction admits
@@ -477,12 +476,12 @@ static void store_row(vx_hnsw *x, uint32_t slot, const float *v, uint32_t level,
 {
     size_t d = x->dim;
     memcpy(x->rows + slot * d, v, d * sizeof(float));
-    int8_t *c = x->codes + slot * x->cstride;
+    int8_t *row = x->codes + slot * x->cstride;
     float m[2];
-    m[0] = vx_quantize_i8(v, d, c);
+    m[0] = vx_quantize_i8(v, d, row + sizeof m);
     m[1] = vx_dot_f32(v, v, d);
-    memset(c + d, 0, x->cmeta - d);
-    memcpy(c + x->cmeta, m, sizeof m);
+    memset(row + sizeof m + d, 0, x->cstride - sizeof m - d);
+    memcpy(row, m, sizeof m);
     x->levels[slot] = (uint8_t)level;
     x->deleted[slot] = 0;
     links(x, slot, 0)[0] = 0;
@@ -554,8 +553,7 @@ int vx_hnsw_create(uint32_t dim, vx_metric metric, const vx_hnsw_params *p, vx_h
     x->metric = metric;
     x->maxM = x->p.M;
     x->maxM0 = 2 * x->p.M;
-    x->cmeta = ((size_t)dim + 3) & ~(size_t)3;
-    x->cstride = x->cmeta + 2 * sizeof(float);
+    x->cstride = 2 * sizeof(float) + (((size_t)dim + 3) & ~(size_t)3);
     x->mL = 1.0 / log((double)x->p.M);
     x->entry = NONE;
     x->rng = x->p.seed;
@@ -890,11 +888,26 @@ out:
     return rc;
 }
 
-/* Sorts s->tmp[0..nc) by exact distance and copies the best k out. */
+static inline void prefetch_row(const vx_hnsw *x, uint32_t j)
+{
+    const char *p = (const char *)(x->rows + (size_t)j * x->dim);
+    size_t bytes = (size_t)x->dim * sizeof(float);
+    for (size_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch(p + o);
+    __builtin_prefetch(p + bytes - 1);
+}
+
+/* Sorts s->tmp[0..nc) by exact distance and copies the best k out (the
+ * float rows are prefetched a few candidates ahead: they are cold). */
 static uint32_t rerank(const vx_hnsw *x, scratch *s, size_t nc, uint32_t k, vx_hnsw_hit *out)
 {
-    for (size_t i = 0; i < nc; i++)
+    for (size_t i = 0; i < nc && i < PF_AHEAD; i++)
+        prefetch_row(x, s->tmp[i].id);
+    for (size_t i = 0; i < nc; i++) {
+        if (i + PF_AHEAD < nc)
+            prefetch_row(x, s->tmp[i + PF_AHEAD].id);
         s->tmp[i].d = dist_exact(x, s->qf, s->tmp[i].id);
+    }
     qsort(s->tmp, nc, sizeof(hd), hd_cmp);
     uint32_t m = nc < k ? (uint32_t)nc : k;
     for (uint32_t i = 0; i < m; i++)
