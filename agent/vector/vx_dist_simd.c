@@ -253,11 +253,11 @@ VX_AVX512VNNI int32_t vx_simd_dot_i8_avx512vnni(const int8_t *a, const int8_t *b
         s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, a + i), off), vb);
         sb = _mm512_dpbusd_epi32(sb, ones, vb);
     }
-    /* Unsigned arithmetic: the offset products may exceed int32 on their
-     * own; the difference is the exact product modulo 2^32. */
-    uint32_t prod = (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
-    uint32_t sum_b = (uint32_t)_mm512_reduce_add_epi32(sb);
-    return (int32_t)(prod - 128u * sum_b);
+    /* Lane-wise (a + 128) . b - 128 * sum(b), then one horizontal sum: the
+     * lanes wrap like unsigned arithmetic, so the total is the exact
+     * product modulo 2^32 even where a lane's offset products overflow. */
+    __m512i t = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_slli_epi32(sb, 7));
+    return (int32_t)(uint32_t)_mm512_reduce_add_epi32(t);
 }
 
 #else

@@ -51,8 +51,12 @@ struct vx_hnsw {
     uint32_t count, cap, n_deleted;
     uint32_t entry, max_level;
     float *rows;
+    /* cap rows of cstride bytes: the row's scale and float squared norm,
+     * then its dim int8 codes, padded to 4 bytes; scoring a node touches
+     * one contiguous run of memory, whose first line (the one prefetched
+     * first) holds what the score needs last (see code_at, meta_at) */
     int8_t *codes;
-    float *scales, *norms;
+    size_t cstride;
     uint8_t *levels, *deleted;
     uint32_t *links0;  /* cap * (1 + maxM0): count then ids */
     uint32_t **upper;  /* levels[i] * (1 + maxM) per node with level > 0 */
@@ -160,18 +164,32 @@ static inline uint32_t *links(const vx_hnsw *x, uint32_t i, uint32_t l)
     return x->upper[i] + (size_t)(l - 1) * (1 + x->maxM);
 }
 
+static inline const int8_t *code_at(const vx_hnsw *x, uint32_t i)
+{
+    return x->codes + (size_t)i * x->cstride + 2 * sizeof(float);
+}
+
+/* m[0] = scale, m[1] = squared norm of row i */
+static inline void meta_at(const vx_hnsw *x, uint32_t i, float m[2])
+{
+    memcpy(m, x->codes + (size_t)i * x->cstride, 2 * sizeof(float));
+}
+
 static inline qref node_ref(const vx_hnsw *x, uint32_t i)
 {
-    return (qref){x->codes + (size_t)i * x->dim, x->scales[i], x->norms[i]};
+    float m[2];
+    meta_at(x, i, m);
+    return (qref){code_at(x, i), m[0], m[1]};
 }
 
 /* Approximate internal distance from the int8 codes. */
 static inline float dist_q(const vx_hnsw *x, const qref *q, uint32_t j)
 {
-    float dot = q->scale * x->scales[j] *
-                (float)vx_dot_i8(q->code, x->codes + (size_t)j * x->dim, x->dim);
+    float m[2];
+    meta_at(x, j, m);
+    float dot = q->scale * m[0] * (float)vx_dot_i8(q->code, code_at(x, j), x->dim);
     if (x->metric == VX_EUCLIDEAN)
-        return q->norm + x->norms[j] - 2.0f * dot;
+        return q->norm + m[1] - 2.0f * dot;
     return -dot;
 }
 
@@ -295,31 +313,63 @@ static uint32_t greedy(const vx_hnsw *x, const qref *q, uint32_t cur, float *cur
     return cur;
 }
 
+/* Asks for node j's code row (and its scale and norm) ahead of use: a
+ * traversal's time goes to cache misses on rows scattered over the whole
+ * index, and the rows of one neighbour list are independent loads. */
+static inline void prefetch_node(const vx_hnsw *x, uint32_t j)
+{
+    const char *p = (const char *)(x->codes + (size_t)j * x->cstride);
+    for (size_t o = 0; o < x->cstride; o += 64)
+        __builtin_prefetch(p + o);
+    __builtin_prefetch(p + x->cstride - 1);
+}
+
+/* How many rows ahead of the one being scored are prefetched. */
+#define PF_AHEAD 3
+
 /* Beam search at one layer; leaves up to ef admitted nodes in s->res
  * (max-heap). query: admit only live, allowed nodes (construction admits
- * every node). */
+ * every node). Each expanded node's list is first filtered through the
+ * visited tags into `fresh`, then scored in order while the rows a few
+ * places ahead are prefetched, and the next candidate's list is prefetched
+ * before the scoring starts. */
 static void search_layer(const vx_hnsw *x, scratch *s, const qref *q, uint32_t ep, float epd, size_t ef,
                          uint32_t level, bool query, const vx_hnsw_filter *f)
 {
     new_epoch(s);
     s->cand.n = 0;
     s->res.n = 0;
-    s->tags[ep] = s->epoch;
+    const uint32_t epoch = s->epoch;
+    uint32_t *tags = s->tags;
+    tags[ep] = epoch;
     heap_push(&s->cand, -epd, ep);
     if (!query || (!x->deleted[ep] && allowed(f, ep)))
         heap_push(&s->res, epd, ep);
     float lower = s->res.n ? epd : INFINITY;
+    uint32_t fresh[2 * 128];
     while (s->cand.n) {
         hd c = heap_pop(&s->cand);
         if (-c.d > lower && s->res.n >= ef)
             break;
         const uint32_t *L = links(x, c.id, level);
-        uint32_t cnt = L[0];
+        uint32_t cnt = L[0], m = 0;
+        for (uint32_t i = 0; i < cnt; i++)
+            __builtin_prefetch(tags + L[1 + i]);
         for (uint32_t i = 0; i < cnt; i++) {
             uint32_t j = L[1 + i];
-            if (s->tags[j] == s->epoch)
+            if (tags[j] == epoch)
                 continue;
-            s->tags[j] = s->epoch;
+            tags[j] = epoch;
+            fresh[m++] = j;
+            if (m <= PF_AHEAD)
+                prefetch_node(x, j);
+        }
+        if (s->cand.n)
+            __builtin_prefetch(links(x, s->cand.a[0].id, level));
+        for (uint32_t i = 0; i < m; i++) {
+            if (i + PF_AHEAD < m)
+                prefetch_node(x, fresh[i + PF_AHEAD]);
+            uint32_t j = fresh[i];
             float d = dist_q(x, q, j);
             if (s->res.n < ef || d < lower) {
                 heap_push(&s->cand, -d, j);
@@ -411,9 +461,7 @@ static bool ensure_cap(vx_hnsw *x, size_t need)
         x->field = p;                             \
     } while (0)
     REGROW(rows, nc * d * sizeof(float));
-    REGROW(codes, nc * d);
-    REGROW(scales, nc * sizeof(float));
-    REGROW(norms, nc * sizeof(float));
+    REGROW(codes, nc * x->cstride);
     REGROW(levels, nc);
     REGROW(deleted, nc);
     REGROW(links0, nc * (1 + (size_t)x->maxM0) * sizeof(uint32_t));
@@ -428,8 +476,12 @@ static void store_row(vx_hnsw *x, uint32_t slot, const float *v, uint32_t level,
 {
     size_t d = x->dim;
     memcpy(x->rows + slot * d, v, d * sizeof(float));
-    x->scales[slot] = vx_quantize_i8(v, d, x->codes + slot * d);
-    x->norms[slot] = vx_dot_f32(v, v, d);
+    int8_t *row = x->codes + slot * x->cstride;
+    float m[2];
+    m[0] = vx_quantize_i8(v, d, row + sizeof m);
+    m[1] = vx_dot_f32(v, v, d);
+    memset(row + sizeof m + d, 0, x->cstride - sizeof m - d);
+    memcpy(row, m, sizeof m);
     x->levels[slot] = (uint8_t)level;
     x->deleted[slot] = 0;
     links(x, slot, 0)[0] = 0;
@@ -501,6 +553,7 @@ int vx_hnsw_create(uint32_t dim, vx_metric metric, const vx_hnsw_params *p, vx_h
     x->metric = metric;
     x->maxM = x->p.M;
     x->maxM0 = 2 * x->p.M;
+    x->cstride = 2 * sizeof(float) + (((size_t)dim + 3) & ~(size_t)3);
     x->mL = 1.0 / log((double)x->p.M);
     x->entry = NONE;
     x->rng = x->p.seed;
@@ -524,8 +577,6 @@ void vx_hnsw_free(vx_hnsw *x)
         free(x->upper[i]);
     free(x->rows);
     free(x->codes);
-    free(x->scales);
-    free(x->norms);
     free(x->levels);
     free(x->deleted);
     free(x->links0);
@@ -837,11 +888,26 @@ out:
     return rc;
 }
 
-/* Sorts s->tmp[0..nc) by exact distance and copies the best k out. */
+static inline void prefetch_row(const vx_hnsw *x, uint32_t j)
+{
+    const char *p = (const char *)(x->rows + (size_t)j * x->dim);
+    size_t bytes = (size_t)x->dim * sizeof(float);
+    for (size_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch(p + o);
+    __builtin_prefetch(p + bytes - 1);
+}
+
+/* Sorts s->tmp[0..nc) by exact distance and copies the best k out (the
+ * float rows are prefetched a few candidates ahead: they are cold). */
 static uint32_t rerank(const vx_hnsw *x, scratch *s, size_t nc, uint32_t k, vx_hnsw_hit *out)
 {
-    for (size_t i = 0; i < nc; i++)
+    for (size_t i = 0; i < nc && i < PF_AHEAD; i++)
+        prefetch_row(x, s->tmp[i].id);
+    for (size_t i = 0; i < nc; i++) {
+        if (i + PF_AHEAD < nc)
+            prefetch_row(x, s->tmp[i + PF_AHEAD].id);
         s->tmp[i].d = dist_exact(x, s->qf, s->tmp[i].id);
+    }
     qsort(s->tmp, nc, sizeof(hd), hd_cmp);
     uint32_t m = nc < k ? (uint32_t)nc : k;
     for (uint32_t i = 0; i < m; i++)
@@ -950,7 +1016,7 @@ size_t vx_hnsw_memory_bytes(vx_hnsw *x)
     pthread_mutex_lock(&x->wmu); /* upper_bytes and pend are writer state */
     pthread_rwlock_rdlock(&x->rw);
     size_t c = x->cap, d = x->dim;
-    size_t b = sizeof *x + c * (d * sizeof(float) + d + 2 * sizeof(float) + 2 + sizeof(uint32_t *) +
+    size_t b = sizeof *x + c * (d * sizeof(float) + x->cstride + 2 + sizeof(uint32_t *) +
                                 (1 + (size_t)x->maxM0) * sizeof(uint32_t));
     for (uint32_t i = 0; i < x->count; i++)
         b += (size_t)x->levels[i] * (1 + x->maxM) * sizeof(uint32_t);
