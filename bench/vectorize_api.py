@@ -54,7 +54,7 @@ def read_f32(path):
 def read_gt(path):
     with open(path, "rb") as f:
         magic, n, k = f.read(4), *struct.unpack("<II", f.read(8))
-        if magic != b"VXB1":
+        if magic != b"VXG1":
             raise SystemExit(f"{path}: bad magic")
         return np.frombuffer(f.read(n * k * 4), dtype="<i4").reshape(n, k)
 

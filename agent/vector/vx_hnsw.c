@@ -120,6 +120,34 @@ static int hd_cmp(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* Orders a node's neighbour candidates: by distance, ties by a hash of the
+ * candidate and the node (*salt). Among equal vectors every distance ties;
+ * ordered by id, every full list would keep the oldest nodes and a new
+ * duplicate would never be linked back to, so it (and all later ones) would
+ * be unreachable. A per-node pseudo-random order spreads the links. */
+static inline uint64_t tie_mix(uint64_t v)
+{
+    v ^= v >> 33;
+    v *= 0xff51afd7ed558ccdULL;
+    v ^= v >> 33;
+    v *= 0xc4ceb9fe1a85ec53ULL;
+    return v ^ (v >> 33);
+}
+
+static int hd_cmp_salted(const void *a, const void *b, void *salt)
+{
+    const hd *x = a, *y = b;
+    if (x->d < y->d)
+        return -1;
+    if (x->d > y->d)
+        return 1;
+    uint64_t s = (uint64_t)*(const uint32_t *)salt << 32;
+    uint64_t hx = tie_mix(s | x->id), hy = tie_mix(s | y->id);
+    if (hx != hy)
+        return hx < hy ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
 static bool grow(void **p, size_t *cap, size_t need, size_t elem)
 {
     if (*cap >= need)
@@ -713,7 +741,7 @@ static int link_new(vx_hnsw *x, uint32_t n, uint32_t level)
             for (uint32_t j = 0; j < cnt; j++)
                 s->tmp[j] = (hd){dist_q(x, &qe, L[1 + j]), L[1 + j]};
             s->tmp[cnt] = (hd){dist_q(x, &qe, n), n};
-            qsort(s->tmp, cnt + 1, sizeof(hd), hd_cmp);
+            qsort_r(s->tmp, cnt + 1, sizeof(hd), hd_cmp_salted, &e);
             uint32_t kk = select_neighbours(x, s->tmp, cnt + 1, mm, nl);
             if (!pend_add(x, e, l, nl, kk))
                 rc = VX_HNSW_ENOMEM;
@@ -860,7 +888,7 @@ int vx_hnsw_repair(vx_hnsw *x)
                     s->tmp[nc++] = (hd){dist_q(x, &qu, k), k};
                 }
             }
-            qsort(s->tmp, nc, sizeof(hd), hd_cmp);
+            qsort_r(s->tmp, nc, sizeof(hd), hd_cmp_salted, &u);
             uint32_t k = select_neighbours(x, s->tmp, nc, maxm(x, l), nl);
             pthread_rwlock_wrlock(&x->rw);
             uint32_t *W = links(x, u, l);

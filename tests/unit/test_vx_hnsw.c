@@ -701,3 +701,57 @@ Test(vx_hnsw, bad_arguments)
     cr_assert_eq(n, 0u);
     vx_hnsw_free(x);
 }
+
+/* Duplicates: many stored vectors equal (the same document embedded twice,
+ * a constant placeholder vector). All their distances tie; a full neighbour
+ * list re-pruned with ties broken by id keeps the oldest nodes, so later
+ * duplicates got no in-links and were unreachable (50 of 100 found). Ties
+ * are broken per node pseudo-randomly instead: all stay reachable. */
+Test(vx_hnsw, identical_vectors_all_reachable)
+{
+    const vx_metric metrics[] = {VX_COSINE, VX_EUCLIDEAN, VX_DOT};
+    for (size_t mi = 0; mi < 3; mi++) {
+        vx_hnsw *x = NULL;
+        cr_assert_eq(vx_hnsw_create(8, metrics[mi], NULL, &x), VX_HNSW_OK);
+        const float r[8] = {0.5f, -1, 2, 0.25f, 3, -0.5f, 1, 1};
+        for (int i = 0; i < 3000; i++)
+            cr_assert_eq(vx_hnsw_insert(x, r, NULL), VX_HNSW_OK);
+        vx_hnsw_hit hits[100];
+        uint32_t n = 0;
+        cr_assert_eq(vx_hnsw_search(x, r, 100, 0, NULL, hits, &n), VX_HNSW_OK);
+        cr_expect_eq(n, 100u, "metric %s: %u of 100 found", vx_metric_name(metrics[mi]), n);
+        vx_hnsw_free(x);
+    }
+}
+
+/* Groups of 8 equal vectors around distinct centres: recall of the 10
+ * nearest (ties broken any way) stays high. */
+Test(vx_hnsw, duplicate_groups_recall)
+{
+    const uint32_t groups = 1000, dup = 8, dim = 16, n = groups * dup;
+    g_rng = 77;
+    float *v = malloc((size_t)n * dim * sizeof *v), *c = malloc((size_t)dim * sizeof *c);
+    cr_assert(v && c);
+    for (uint32_t g = 0; g < groups; g++) {
+        for (uint32_t d = 0; d < dim; d++)
+            c[d] = gauss();
+        for (uint32_t j = 0; j < dup; j++)
+            memcpy(v + ((size_t)g * dup + j) * dim, c, dim * sizeof *c);
+    }
+    vx_hnsw *x = build(v, n, dim, VX_EUCLIDEAN, NULL);
+    uint32_t hit = 0;
+    for (uint32_t g = 0; g < groups; g += 10) {
+        vx_hnsw_hit hits[16];
+        uint32_t m = 0;
+        cr_assert_eq(vx_hnsw_search(x, v + (size_t)g * dup * dim, 16, 0, NULL, hits, &m),
+                     VX_HNSW_OK);
+        for (uint32_t i = 0; i < m; i++)
+            hit += hits[i].slot / dup == g;
+    }
+    /* each query's own group: 8 slots at distance 0 among its 16 */
+    cr_expect_geq(hit, (groups / 10) * dup * 95 / 100, "%u of %u group members found", hit,
+                  (groups / 10) * dup);
+    vx_hnsw_free(x);
+    free(v);
+    free(c);
+}
