@@ -10,7 +10,7 @@
 #include <string.h>
 
 #define NONE UINT32_MAX
-#define FILE_VERSION 1u
+#define FILE_VERSION 2u /* 2: cosine rows as given, not normalized */
 static const char MAGIC[8] = {'V', 'X', 'H', 'N', 'S', 'W', '0', '1'};
 
 typedef struct hd {
@@ -229,7 +229,13 @@ static inline float dist_nodes(const vx_hnsw *x, uint32_t a, uint32_t b)
 
 static inline float dist_exact(const vx_hnsw *x, const float *q, uint32_t j)
 {
-    return vx_distance(x->metric, q, x->rows + (size_t)j * x->dim, x->dim);
+    const float *r = x->rows + (size_t)j * x->dim;
+    if (x->metric == VX_COSINE) {
+        float m[2];
+        meta_at(x, j, m);
+        return -vx_dot_f32(q, r, x->dim) * m[1];
+    }
+    return vx_distance(x->metric, q, r, x->dim);
 }
 
 static inline bool allowed(const vx_hnsw_filter *f, uint32_t s)
@@ -499,15 +505,28 @@ static bool ensure_cap(vx_hnsw *x, size_t need)
     return true;
 }
 
-/* Writes row `slot` (already normalized) and its codes; slot < cap. */
-static void store_row(vx_hnsw *x, uint32_t slot, const float *v, uint32_t level, uint32_t *up)
+/* Writes row `slot` (the vector as given) and its codes; slot < cap; tmp
+ * holds dim floats of scratch. Cosine: the float row stays as given (the
+ * index above returns it, and keeping a normalized copy as well would cost
+ * another 4 bytes a dimension), the codes are of the normalized vector,
+ * and the meta's second float is the inverse norm, so an exact distance is
+ * -dot(q, row) / |row| (dist_exact). Euclidean: the squared norm. */
+static void store_row(vx_hnsw *x, uint32_t slot, const float *v, float *tmp, uint32_t level,
+                      uint32_t *up)
 {
     size_t d = x->dim;
     memcpy(x->rows + slot * d, v, d * sizeof(float));
     int8_t *row = x->codes + slot * x->cstride;
     float m[2];
-    m[0] = vx_quantize_i8(v, d, row + sizeof m);
-    m[1] = vx_dot_f32(v, v, d);
+    if (x->metric == VX_COSINE) {
+        memcpy(tmp, v, d * sizeof(float));
+        float n = vx_normalize(tmp, d);
+        m[0] = vx_quantize_i8(tmp, d, row + sizeof m);
+        m[1] = n > 0 ? 1.0f / n : 0.0f;
+    } else {
+        m[0] = vx_quantize_i8(v, d, row + sizeof m);
+        m[1] = vx_dot_f32(v, v, d);
+    }
     memset(row + sizeof m + d, 0, x->cstride - sizeof m - d);
     memcpy(row, m, sizeof m);
     x->levels[slot] = (uint8_t)level;
@@ -757,12 +776,10 @@ int vx_hnsw_insert(vx_hnsw *x, const float *vec, uint32_t *slot)
 {
     if (!x || !vec || !all_finite(vec, x->dim))
         return VX_HNSW_EINVAL;
-    float *v = malloc(sizeof(float) * x->dim);
+    float *v = malloc(2 * sizeof(float) * x->dim); /* the row, then scratch */
     if (!v)
         return VX_HNSW_ENOMEM;
     memcpy(v, vec, sizeof(float) * x->dim);
-    if (x->metric == VX_COSINE)
-        vx_normalize(v, x->dim);
 
     pthread_mutex_lock(&x->wmu);
     int rc = VX_HNSW_OK;
@@ -791,7 +808,7 @@ int vx_hnsw_insert(vx_hnsw *x, const float *vec, uint32_t *slot)
             goto out;
         }
     }
-    store_row(x, n, v, level, up);
+    store_row(x, n, v, v + x->dim, level, up);
     /* phase 1: search and choose links without the rwlock */
     x->pend_n = 0;
     if (x->entry != NONE) {
@@ -1225,7 +1242,7 @@ int vx_hnsw_load(FILE *f, vx_hnsw **out, const char **err)
     if (vx_hnsw_create(dim, (vx_metric)metric, &p, &x) != VX_HNSW_OK)
         return load_fail(NULL, err, "bad parameters");
     x->rng = rng;
-    float *row = malloc(sizeof(float) * dim);
+    float *row = malloc(2 * sizeof(float) * dim); /* a row, then scratch */
     if (!row)
         return load_fail(x, err, "out of memory");
     uint32_t deleted = 0;
@@ -1253,7 +1270,7 @@ int vx_hnsw_load(FILE *f, vx_hnsw **out, const char **err)
             why = "out of memory";
             break;
         }
-        store_row(x, i, row, b[0], up);
+        store_row(x, i, row, row + dim, b[0], up);
         x->deleted[i] = b[1];
         deleted += b[1];
         x->count = i + 1; /* owns up from here (freed by vx_hnsw_free) */

@@ -10,7 +10,9 @@
  *   one. Storage is columnar in growable arrays (no per-node malloc for
  *   vectors): float32 rows (exact re-ranking, persistence) and int8 codes
  *   with one scale and the float squared norm per row (graph traversal).
- *   Cosine indexes store normalized vectors and normalize each query.
+ *   Cosine indexes keep each vector as given (returned as is by
+ *   vx_hnsw_vector) with its inverse norm, quantize the normalized vector,
+ *   and normalize each query; exact cosine distances are -dot(q, row)/|row|.
  *
  *   Graph: each node draws a level floor(-ln(U) * mL), mL = 1/ln(M); it has
  *   up to 2M neighbours at layer 0 and M above. Neighbours are chosen with
@@ -142,7 +144,8 @@ uint32_t vx_hnsw_live(vx_hnsw *idx);
 uint32_t vx_hnsw_deleted(vx_hnsw *idx);
 bool vx_hnsw_is_deleted(vx_hnsw *idx, uint32_t slot); /* true for slots >= count */
 bool vx_hnsw_needs_compact(vx_hnsw *idx);
-/* Copies the stored row of slot (normalized for cosine) into out[dim]. */
+/* Copies the stored row of slot (the vector as inserted, also for cosine)
+ * into out[dim]. */
 int vx_hnsw_vector(vx_hnsw *idx, uint32_t slot, float *out);
 
 /* Inserts vec[dim] (copied) into the next slot, written to *slot. */

@@ -19,10 +19,10 @@
  *              builds its allow-bitmap in O(vectors in it).
  *   gen        everything indexed by slot: the graph, the metadata indexes,
  *              slot -> rec, the visible bitmap (slots published to queries)
- *              and, for cosine, the client's original floats (the graph
- *              keeps normalized rows, and returned values must be the
- *              stored float32 values exactly). Compaction builds a new gen
- *              and swaps it in.
+ *              (the graph keeps every vector as the client sent it, also
+ *              for cosine, so returned values are exactly the stored
+ *              float32 values). Compaction builds a new gen and swaps it
+ *              in.
  *
  * Concurrency
  *   x->rw (writer-preferring) guards the state; queries hold it shared for
@@ -48,10 +48,10 @@
  *   meta delete:   u16 len, property
  *
  * Snapshot blob (through vx_wal's snapshot files, which checksum it):
- *   "VXIXSNP1", u32 dim, u32 metric, u64 upto id, i64 upto ms, u64 records,
+ *   "VXIXSNP2", u32 dim, u32 metric, u64 upto id, i64 upto ms, u64 records,
  *   u32 metadata-index defs; defs x { u8 type, u16 len, property };
- *   records x { u8 idlen, id, u8 nslen, ns, u32 mdlen, metadata, u32 slot,
- *   (cosine) dim x f32 original values }; then the graph (vx_hnsw_save), last
+ *   records x { u8 idlen, id, u8 nslen, ns, u32 mdlen, metadata, u32 slot };
+ *   then the graph (vx_hnsw_save), last
  *   so that it can be streamed through a FILE without a length up front.
  *   Taken by the apply thread between mutations (it is the only writer, so
  *   it streams the live state without blocking queries; mutations acked
@@ -82,7 +82,7 @@
 #include "platform/pl_time.h"
 #include "vector/vx_wal.h"
 
-#define SNAP_MAGIC "VXIXSNP1"
+#define SNAP_MAGIC "VXIXSNP2" /* 2: no copy of cosine values (the graph keeps them) */
 #define CONFIG_FORMAT 1
 #define CONFIG_MAX_BYTES (64u << 10)
 #define SKIP_MAX 24
@@ -366,7 +366,6 @@ typedef struct gen {
     vx_meta *meta;
     rec **slot_rec;     /* (cap) */
     uint64_t *visible;  /* (cap / 64) published, live slots */
-    float *orig;        /* (cap, dim) cosine only: the client's floats */
     uint32_t cap;       /* slots the arrays hold, a multiple of 64 */
     uint32_t nvisible;
 } gen;
@@ -442,13 +441,12 @@ static void gen_free(gen *g)
     vx_meta_free(g->meta);
     free(g->slot_rec);
     free(g->visible);
-    free(g->orig);
     memset(g, 0, sizeof *g);
 }
 
 /* Grows g's arrays to hold slot `need - 1`. Caller holds x->rw exclusively
  * (or the state is private). */
-static int gen_reserve(gen *g, uint32_t dim, bool cosine, uint64_t need)
+static int gen_reserve(gen *g, uint64_t need)
 {
     if (need <= g->cap)
         return 0;
@@ -467,12 +465,6 @@ static int gen_reserve(gen *g, uint32_t dim, bool cosine, uint64_t need)
         return -ENOMEM;
     memset(vb + g->cap / 64, 0, (cap - g->cap) / 8);
     g->visible = vb;
-    if (cosine) {
-        float *o = realloc(g->orig, cap * dim * sizeof *o);
-        if (!o)
-            return -ENOMEM;
-        g->orig = o;
-    }
     if (vx_meta_grow(g->meta, cap) != 0)
         return -ENOMEM;
     g->cap = (uint32_t)cap;
@@ -485,7 +477,7 @@ static int gen_init(gen *g, const vx_index_config *c)
     if (vx_hnsw_create(c->dimensions, c->metric, &c->hnsw, &g->g) != VX_HNSW_OK)
         return -EINVAL;
     g->meta = vx_meta_new(0);
-    if (!g->meta || gen_reserve(g, c->dimensions, c->metric == VX_COSINE, 64) != 0) {
+    if (!g->meta || gen_reserve(g, 64) != 0) {
         gen_free(g);
         return -ENOMEM;
     }
@@ -738,7 +730,6 @@ static int apply_vectors(vx_index *x, bool upsert, const uint8_t *p, size_t len,
                          size_t errlen)
 {
     const uint32_t dim = x->cfg.dimensions;
-    const bool cosine = x->cfg.metric == VX_COSINE;
     dvec *v = NULL;
     uint32_t n = 0;
     int rc = decode_vectors(p, len, dim, &v, &n, err, errlen);
@@ -804,7 +795,7 @@ static int apply_vectors(vx_index *x, bool upsert, const uint8_t *p, size_t len,
     /* Publish. */
     pthread_rwlock_wrlock(&x->rw);
     gen *g = &x->cur;
-    if (nk && gen_reserve(g, dim, cosine, (uint64_t)slots[nk - 1] + 1) != 0) {
+    if (nk && gen_reserve(g, (uint64_t)slots[nk - 1] + 1) != 0) {
         pthread_rwlock_unlock(&x->rw);
         rc = -ENOMEM;
         seterr(err, errlen, "out of memory");
@@ -838,8 +829,6 @@ static int apply_vectors(vx_index *x, bool upsert, const uint8_t *p, size_t len,
         g->slot_rec[s] = r;
         bset(g->visible, s);
         g->nvisible++;
-        if (cosine)
-            memcpy(g->orig + (size_t)s * dim, d->vals, dim * sizeof(float));
         if (vx_meta_set(g->meta, s, r->md) != 0 || ns_add(x, r, d->ns, d->nslen) != 0) {
             rc = -ENOMEM;
             break;
@@ -1015,7 +1004,6 @@ static int apply_record(vx_index *x, uint8_t type, const uint8_t *p, size_t len,
 static int compact(vx_index *x)
 {
     const uint32_t dim = x->cfg.dimensions;
-    const bool cosine = x->cfg.metric == VX_COSINE;
     gen ng;
     memset(&ng, 0, sizeof ng);
     uint64_t n = x->nrec;
@@ -1028,7 +1016,7 @@ static int compact(vx_index *x)
     if (vx_hnsw_create(dim, x->cfg.metric, &x->cfg.hnsw, &ng.g) != VX_HNSW_OK)
         goto fail;
     ng.meta = vx_meta_new(0);
-    if (!ng.meta || gen_reserve(&ng, dim, cosine, n + n / 4 + 64) != 0)
+    if (!ng.meta || gen_reserve(&ng, n + n / 4 + 64) != 0)
         goto fail;
     for (size_t i = 0; i < x->nss.cap; i++) {
         vx_ns *s = x->nss.e[i];
@@ -1042,20 +1030,14 @@ static int compact(vx_index *x)
     }
     size_t i = 0;
     for (rec *r = x->head[0]; r; r = r->next[0], i++) {
-        const float *src = row;
-        if (cosine)
-            src = x->cur.orig + (size_t)r->slot * dim;
-        else
-            vx_hnsw_vector(x->cur.g, r->slot, row);
+        vx_hnsw_vector(x->cur.g, r->slot, row);
         uint32_t s;
-        if (vx_hnsw_insert(ng.g, src, &s) != VX_HNSW_OK)
+        if (vx_hnsw_insert(ng.g, row, &s) != VX_HNSW_OK)
             goto fail;
         newslot[i] = s;
         ng.slot_rec[s] = r;
         bset(ng.visible, s);
         ng.nvisible++;
-        if (cosine)
-            memcpy(ng.orig + (size_t)s * dim, src, dim * sizeof(float));
         if (vx_meta_set(ng.meta, s, r->md) != 0)
             goto fail;
         if (r->ns) {
@@ -1170,8 +1152,6 @@ static int snapshot(vx_index *x)
         wb_put(&w.b, md, ml);
         free(md);
         wb_u32(&w.b, r->slot);
-        if (x->cfg.metric == VX_COSINE)
-            wb_put(&w.b, x->cur.orig + (size_t)r->slot * dim, dim * sizeof(float));
         if (w.b.n >= (1u << 20))
             sw_flush(&w);
     }
@@ -1268,12 +1248,10 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
 {
     vx_index *x = ctx;
     const uint32_t dim = x->cfg.dimensions;
-    const bool cosine = x->cfg.metric == VX_COSINE;
     char *e = x->replay_err;
     const size_t el = sizeof x->replay_err;
     snap_r s = {rd, malloc(1u << 16), 0, 0, 0};
     lrec *lr = NULL;
-    float *orig = NULL;
     uint64_t nrec = 0;
     int rc = -EBADMSG;
     vx_hnsw *g = NULL;
@@ -1311,9 +1289,8 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
         defs[i].type = (vx_meta_type)t;
     }
     lr = calloc(nrec ? nrec : 1, sizeof *lr);
-    orig = cosine ? malloc((nrec ? nrec : 1) * dim * sizeof(float)) : NULL;
     char *mdbuf = malloc(VX_INDEX_METADATA_MAX);
-    if (!lr || (cosine && !orig) || !mdbuf) {
+    if (!lr || !mdbuf) {
         free(mdbuf);
         rc = -ENOMEM;
         goto out;
@@ -1326,8 +1303,7 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
                   !sr_read(&s, &L->nslen, 1) && L->nslen <= VX_INDEX_NAMESPACE_MAX &&
                   !sr_read(&s, L->ns, L->nslen) && no_nul(L->ns, L->nslen) &&
                   !sr_read(&s, &ml, 4) && ml <= VX_INDEX_METADATA_MAX &&
-                  !sr_read(&s, mdbuf, ml) && !sr_read(&s, &L->slot, 4) &&
-                  (!cosine || !sr_read(&s, orig + i * dim, dim * sizeof(float)));
+                  !sr_read(&s, mdbuf, ml) && !sr_read(&s, &L->slot, 4);
         if (ok && ml) {
             L->md = parse_md(mdbuf, ml);
             ok = L->md != NULL;
@@ -1367,7 +1343,7 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
     ng.g = g;
     g = NULL;
     ng.meta = vx_meta_new(0);
-    if (!ng.meta || gen_reserve(&ng, dim, cosine, (uint64_t)count + 64) != 0) {
+    if (!ng.meta || gen_reserve(&ng, (uint64_t)count + 64) != 0) {
         gen_free(&ng);
         rc = -ENOMEM;
         goto out;
@@ -1400,8 +1376,6 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
         G->slot_rec[r->slot] = r;
         bset(G->visible, r->slot);
         G->nvisible++;
-        if (cosine)
-            memcpy(G->orig + (size_t)r->slot * dim, orig + i * dim, dim * sizeof(float));
         if (vx_meta_set(G->meta, r->slot, r->md) != 0 || ns_add(x, r, L->ns, L->nslen) != 0) {
             rc = -ENOMEM;
             goto out;
@@ -1427,7 +1401,6 @@ out:
     for (uint64_t i = 0; lr && i < nrec; i++)
         json_decref(lr[i].md);
     free(lr);
-    free(orig);
     free(s.buf);
     vx_hnsw_free(g);
     return rc;
@@ -2441,14 +2414,10 @@ static void scratch_put(vx_index *x, sbuf *b)
     pthread_mutex_unlock(&x->pool_mu);
 }
 
-/* The stored values of r (caller holds rw). */
+/* The stored values of r, as the client sent them (caller holds rw). */
 static void rec_values(vx_index *x, const rec *r, float *out)
 {
-    if (x->cfg.metric == VX_COSINE)
-        memcpy(out, x->cur.orig + (size_t)r->slot * x->cfg.dimensions,
-               x->cfg.dimensions * sizeof(float));
-    else
-        vx_hnsw_vector(x->cur.g, r->slot, out);
+    vx_hnsw_vector(x->cur.g, r->slot, out);
 }
 
 /* {"a": {"b": v}} for property "a.b" (indexed-only metadata). */
@@ -2782,8 +2751,6 @@ void vx_index_info_get(vx_index *x, vx_index_info *out)
     out->deleted_slots = vx_hnsw_deleted(g->g);
     size_t mem = sizeof *x + vx_hnsw_memory_bytes(g->g) + vx_meta_memory(g->meta);
     mem += (size_t)g->cap * sizeof(rec *) + g->cap / 8;
-    if (g->orig)
-        mem += (size_t)g->cap * x->cfg.dimensions * sizeof(float);
     mem += (x->ids.cap + x->nss.cap) * sizeof(void *) + x->rec_bytes + qbytes;
     for (size_t i = 0; i < x->nss.cap; i++) {
         const vx_ns *s = x->nss.e[i];

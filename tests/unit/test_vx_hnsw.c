@@ -102,6 +102,8 @@ static uint32_t truth(vx_hnsw *x, const float *q, uint32_t k, const uint64_t *al
         if (vx_hnsw_is_deleted(x, j) || (allow && !((allow[j >> 6] >> (j & 63)) & 1)))
             continue;
         vx_hnsw_vector(x, j, row);
+        if (m == VX_COSINE)
+            vx_normalize(row, dim); /* stored as given */
         float d = vx_distance(m, qq, row, dim);
         if (got < k) {
             got++;
@@ -707,6 +709,38 @@ Test(vx_hnsw, bad_arguments)
  * list re-pruned with ties broken by id keeps the oldest nodes, so later
  * duplicates got no in-links and were unreachable (50 of 100 found). Ties
  * are broken per node pseudo-randomly instead: all stay reachable. */
+/* Cosine keeps each vector as given: vx_hnsw_vector returns the inserted
+ * floats exactly (the index above returns them to clients), also after
+ * save/load, while scores are those of the normalized vectors. */
+Test(vx_hnsw, cosine_rows_kept_as_given)
+{
+    vx_hnsw *x = NULL;
+    cr_assert_eq(vx_hnsw_create(3, VX_COSINE, NULL, &x), VX_HNSW_OK);
+    const float a[3] = {58.8f, 6.7f, 3.4f}, b[3] = {75.1f, 67.1f, 29.9f}, q[3] = {54.8f, 5.5f, 3.1f};
+    cr_assert_eq(vx_hnsw_insert(x, a, NULL), VX_HNSW_OK);
+    cr_assert_eq(vx_hnsw_insert(x, b, NULL), VX_HNSW_OK);
+    float out[3];
+    cr_assert_eq(vx_hnsw_vector(x, 1, out), VX_HNSW_OK);
+    cr_assert_eq(memcmp(out, b, sizeof b), 0);
+    vx_hnsw_hit h[2];
+    uint32_t n = 0;
+    cr_assert_eq(vx_hnsw_search(x, q, 2, 0, NULL, h, &n), VX_HNSW_OK);
+    cr_assert_eq(n, 2u);
+    cr_assert_eq(h[0].slot, 0u);
+    cr_expect_float_eq(vx_score(VX_COSINE, h[0].distance), 0.999909f, 2e-6);
+    cr_expect_float_eq(vx_score(VX_COSINE, h[1].distance), 0.789848f, 2e-6);
+    size_t len = 0;
+    char *buf = save_mem(x, &len);
+    vx_hnsw *y = NULL;
+    const char *err = NULL;
+    cr_assert_eq(load_mem(buf, len, &y, &err), VX_HNSW_OK, "%s", err ? err : "");
+    cr_assert_eq(vx_hnsw_vector(y, 0, out), VX_HNSW_OK);
+    cr_assert_eq(memcmp(out, a, sizeof a), 0);
+    vx_hnsw_free(y);
+    vx_hnsw_free(x);
+    free(buf);
+}
+
 Test(vx_hnsw, identical_vectors_all_reachable)
 {
     const vx_metric metrics[] = {VX_COSINE, VX_EUCLIDEAN, VX_DOT};
