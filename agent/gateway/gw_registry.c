@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "platform/pl_err.h"
 #include "platform/pl_file.h"
 #include "platform/pl_log.h"
 #include "platform/pl_time.h"
@@ -203,18 +204,6 @@ static bool account_valid(const char *a)
     return n > 0;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* An integer-valued JSON number in [lo, hi] (reals with no fraction too:
  * some clients send 60.0). */
 static int json_int_in(const json_t *v, const char *key, long long lo, long long hi,
@@ -223,7 +212,7 @@ static int json_int_in(const json_t *v, const char *key, long long lo, long long
     if (json_is_integer(v)) {
         json_int_t i = json_integer_value(v);
         if (i < lo || i > hi) {
-            set_err(err, errlen, "%s: must be an integer in %lld..%lld", key, lo, hi);
+            pl_errf(err, errlen, "%s: must be an integer in %lld..%lld", key, lo, hi);
             return -EINVAL;
         }
         *out = i;
@@ -236,14 +225,14 @@ static int json_int_in(const json_t *v, const char *key, long long lo, long long
             return 0;
         }
     }
-    set_err(err, errlen, "%s: must be an integer in %lld..%lld", key, lo, hi);
+    pl_errf(err, errlen, "%s: must be an integer in %lld..%lld", key, lo, hi);
     return -EINVAL;
 }
 
 static int json_bool_of(const json_t *v, const char *key, bool *out, char *err, size_t errlen)
 {
     if (!json_is_boolean(v)) {
-        set_err(err, errlen, "%s: must be true or false", key);
+        pl_errf(err, errlen, "%s: must be true or false", key);
         return -EINVAL;
     }
     *out = json_is_true(v);
@@ -253,7 +242,7 @@ static int json_bool_of(const json_t *v, const char *key, bool *out, char *err, 
 int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, size_t errlen)
 {
     if (!json_is_object(obj)) {
-        set_err(err, errlen, "body: must be a JSON object");
+        pl_errf(err, errlen, "body: must be a JSON object");
         return -EINVAL;
     }
     op_config_gateway d;
@@ -270,7 +259,7 @@ int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, si
             continue; /* read-only; shown by GET, so a GET-edit-PUT works */
         } else if (strcmp(key, "providers") == 0) {
             if (!null && !(json_is_array(v) && json_array_size(v) == 0)) {
-                set_err(err, errlen,
+                pl_errf(err, errlen,
                         "providers: providers are configured in the config file only");
                 return -EINVAL;
             }
@@ -317,7 +306,7 @@ int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, si
             else if (json_is_string(v) && strcmp(json_string_value(v), "sliding") == 0)
                 g->rate_limit_sliding = true;
             else {
-                set_err(err, errlen, "%s: must be \"fixed\" or \"sliding\"", key);
+                pl_errf(err, errlen, "%s: must be \"fixed\" or \"sliding\"", key);
                 rc = -EINVAL;
             }
         } else if (strcmp(key, "log_management") == 0) {
@@ -331,7 +320,7 @@ int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, si
              * inserts instead is not offered. */
             if (!null && !(json_is_string(v) &&
                            strcmp(json_string_value(v), "DELETE_OLDEST") == 0)) {
-                set_err(err, errlen, "%s: only \"DELETE_OLDEST\" is supported", key);
+                pl_errf(err, errlen, "%s: only \"DELETE_OLDEST\" is supported", key);
                 rc = -EINVAL;
             }
         } else if (strcmp(key, "log_max_age_s") == 0) {
@@ -348,7 +337,7 @@ int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, si
                 rc = json_bool_of(v, key, &b, err, errlen);
         } else if (strcmp(key, "logpush") == 0 || strcmp(key, "logpush_public_key") == 0) {
             if (!null && !json_is_false(v)) {
-                set_err(err, errlen, "%s: Logpush is not supported (export logs with GET "
+                pl_errf(err, errlen, "%s: Logpush is not supported (export logs with GET "
                         ".../logs/export)", key);
                 rc = -EINVAL;
             }
@@ -384,12 +373,12 @@ int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, si
             else if (s && strcmp(s, "exponential") == 0)
                 g->backoff = OP_BACKOFF_EXPONENTIAL;
             else {
-                set_err(err, errlen, "%s: must be \"constant\", \"linear\" or \"exponential\"",
+                pl_errf(err, errlen, "%s: must be \"constant\", \"linear\" or \"exponential\"",
                         key);
                 rc = -EINVAL;
             }
         } else {
-            set_err(err, errlen, "%s: unknown field", key);
+            pl_errf(err, errlen, "%s: unknown field", key);
             return -EINVAL;
         }
         if (rc)
@@ -508,7 +497,7 @@ static int persist(const gw_registry *reg, const gw_entry *e, char *err, size_t 
     char *text = o ? json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(o);
     if (!text) {
-        set_err(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     char name[256], tmp[256], path[PATH_MAX], tpath[PATH_MAX];
@@ -520,7 +509,7 @@ static int persist(const gw_registry *reg, const gw_entry *e, char *err, size_t 
         rc = -ENAMETOOLONG;
     if (rc) {
         free(text);
-        set_err(err, errlen, "gateway file name too long");
+        pl_errf(err, errlen, "gateway file name too long");
         return rc;
     }
     const char *step = "open";
@@ -553,7 +542,7 @@ static int persist(const gw_registry *reg, const gw_entry *e, char *err, size_t 
     }
     free(text);
     if (rc) {
-        set_err(err, errlen, "cannot save gateway: %s %s: %s", step, tpath, strerror(-rc));
+        pl_errf(err, errlen, "cannot save gateway: %s %s: %s", step, tpath, strerror(-rc));
         PL_LOG_ERROR("gateway.registry.write_failed", "file", tpath, "step", step, "error",
                      strerror(-rc));
     }
@@ -566,7 +555,7 @@ static int unpersist(const gw_registry *reg, const char *account, const char *id
     char name[256], path[PATH_MAX];
     if (file_name(name, sizeof name, account, id, "") != 0 ||
         (size_t)snprintf(path, sizeof path, "%s/%s", reg->dir, name) >= sizeof path) {
-        set_err(err, errlen, "gateway file name too long");
+        pl_errf(err, errlen, "gateway file name too long");
         return -ENAMETOOLONG;
     }
     int rc = 0;
@@ -575,7 +564,7 @@ static int unpersist(const gw_registry *reg, const char *account, const char *id
     if (rc == 0)
         rc = fsync_dir(reg->dir);
     if (rc) {
-        set_err(err, errlen, "cannot delete gateway file %s: %s", path, strerror(-rc));
+        pl_errf(err, errlen, "cannot delete gateway file %s: %s", path, strerror(-rc));
         PL_LOG_ERROR("gateway.registry.delete_failed", "file", path, "error", strerror(-rc));
     }
     return rc;
@@ -681,7 +670,7 @@ static int load_all(gw_registry *reg, char *err, size_t errlen)
     DIR *d = opendir(reg->dir);
     if (!d) {
         int e = errno;
-        set_err(err, errlen, "%s: %s", reg->dir, strerror(e));
+        pl_errf(err, errlen, "%s: %s", reg->dir, strerror(e));
         return -e;
     }
     struct dirent *de;
@@ -707,7 +696,7 @@ static int load_all(gw_registry *reg, char *err, size_t errlen)
         if (reserve(reg, reg->n + 1) != 0) {
             entry_unref(e);
             closedir(d);
-            set_err(err, errlen, "out of memory");
+            pl_errf(err, errlen, "out of memory");
             return -ENOMEM;
         }
         size_t i = find_locked(reg, e->g.account, e->g.id, &found);
@@ -730,14 +719,14 @@ gw_registry *gw_registry_open(const char *data_dir, char *err, size_t errlen)
 {
     gw_registry *reg = calloc(1, sizeof *reg);
     if (!reg) {
-        set_err(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return NULL;
     }
     size_t n = strlen(data_dir) + sizeof "/gateways";
     reg->dir = malloc(n);
     if (!reg->dir) {
         free(reg);
-        set_err(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return NULL;
     }
     snprintf(reg->dir, n, "%s/gateways", data_dir);
@@ -745,7 +734,7 @@ gw_registry *gw_registry_open(const char *data_dir, char *err, size_t errlen)
     pthread_mutex_init(&reg->wmu, NULL);
     int rc = pl_file_mkdirs(reg->dir);
     if (rc) {
-        set_err(err, errlen, "cannot create %s: %s", reg->dir, strerror(-rc));
+        pl_errf(err, errlen, "cannot create %s: %s", reg->dir, strerror(-rc));
         gw_registry_close(reg);
         return NULL;
     }
@@ -858,11 +847,11 @@ size_t gw_registry_api_count(gw_registry *reg)
 static int check_names(const char *account, const char *id, char *err, size_t errlen)
 {
     if (!account_valid(account)) {
-        set_err(err, errlen, "account: must match [A-Za-z0-9_-]{1,64}");
+        pl_errf(err, errlen, "account: must match [A-Za-z0-9_-]{1,64}");
         return -EINVAL;
     }
     if (!gw_id_valid(id)) {
-        set_err(err, errlen, "id: must match [a-z0-9_-]{1,64}");
+        pl_errf(err, errlen, "id: must match [a-z0-9_-]{1,64}");
         return -EINVAL;
     }
     return 0;
@@ -887,7 +876,7 @@ int gw_registry_create(gw_registry *reg, const op_config *cfg, const char *accou
     if (rc)
         return rc;
     if (op_config_find_gateway(cfg, account, id)) {
-        set_err(err, errlen, "gateway '%s' already exists (defined in the config file)", id);
+        pl_errf(err, errlen, "gateway '%s' already exists (defined in the config file)", id);
         return -EEXIST;
     }
     pthread_mutex_lock(&reg->wmu);
@@ -896,10 +885,10 @@ int gw_registry_create(gw_registry *reg, const op_config *cfg, const char *accou
      * is safe: only writers change it. */
     find_locked(reg, account, id, &found);
     if (found) {
-        set_err(err, errlen, "gateway '%s' already exists", id);
+        pl_errf(err, errlen, "gateway '%s' already exists", id);
         rc = -EEXIST;
     } else if (account_count_locked(reg, account) >= GW_API_GATEWAYS_PER_ACCOUNT_MAX) {
-        set_err(err, errlen, "account has the most gateways allowed (%d)",
+        pl_errf(err, errlen, "account has the most gateways allowed (%d)",
                 GW_API_GATEWAYS_PER_ACCOUNT_MAX);
         rc = -EDQUOT;
     } else {
@@ -907,7 +896,7 @@ int gw_registry_create(gw_registry *reg, const op_config *cfg, const char *accou
         gw_entry *e = entry_new(account, id, settings, now, now);
         if (!e || reserve(reg, reg->n + 1) != 0) {
             entry_unref(e);
-            set_err(err, errlen, "out of memory");
+            pl_errf(err, errlen, "out of memory");
             rc = -ENOMEM;
         } else if ((rc = persist(reg, e, err, errlen)) != 0) {
             entry_unref(e);
@@ -933,20 +922,20 @@ int gw_registry_replace(gw_registry *reg, const op_config *cfg, const char *acco
     if (out)
         memset(out, 0, sizeof *out);
     if (op_config_find_gateway(cfg, account, id)) {
-        set_err(err, errlen,
+        pl_errf(err, errlen,
                 "gateway '%s' is defined in the config file; change it there and reload", id);
         return -EROFS;
     }
     int rc = check_names(account, id, err, errlen);
     if (rc) {
-        set_err(err, errlen, "no gateway '%s'", id ? id : "");
+        pl_errf(err, errlen, "no gateway '%s'", id ? id : "");
         return -ENOENT;
     }
     pthread_mutex_lock(&reg->wmu);
     bool found;
     size_t i = find_locked(reg, account, id, &found);
     if (!found) {
-        set_err(err, errlen, "no gateway '%s'", id);
+        pl_errf(err, errlen, "no gateway '%s'", id);
         rc = -ENOENT;
     } else {
         gw_entry *old = reg->v[i];
@@ -955,7 +944,7 @@ int gw_registry_replace(gw_registry *reg, const op_config *cfg, const char *acco
             now = old->created_ms; /* a wall clock stepped back */
         gw_entry *e = entry_new(account, id, settings, old->created_ms, now);
         if (!e) {
-            set_err(err, errlen, "out of memory");
+            pl_errf(err, errlen, "out of memory");
             rc = -ENOMEM;
         } else if ((rc = persist(reg, e, err, errlen)) != 0) {
             entry_unref(e);
@@ -979,12 +968,12 @@ int gw_registry_delete(gw_registry *reg, const op_config *cfg, const char *accou
                        const char *id, char *err, size_t errlen)
 {
     if (op_config_find_gateway(cfg, account, id)) {
-        set_err(err, errlen,
+        pl_errf(err, errlen,
                 "gateway '%s' is defined in the config file; remove it there and reload", id);
         return -EROFS;
     }
     if (check_names(account, id, err, errlen) != 0) {
-        set_err(err, errlen, "no gateway '%s'", id ? id : "");
+        pl_errf(err, errlen, "no gateway '%s'", id ? id : "");
         return -ENOENT;
     }
     pthread_mutex_lock(&reg->wmu);
@@ -992,7 +981,7 @@ int gw_registry_delete(gw_registry *reg, const op_config *cfg, const char *accou
     int rc = 0;
     size_t i = find_locked(reg, account, id, &found);
     if (!found) {
-        set_err(err, errlen, "no gateway '%s'", id);
+        pl_errf(err, errlen, "no gateway '%s'", id);
         rc = -ENOENT;
     } else if ((rc = unpersist(reg, account, id, err, errlen)) == 0) {
         pthread_rwlock_wrlock(&reg->lock);

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "platform/pl_err.h"
 #include "platform/pl_log.h"
 #include "platform/pl_time.h"
 
@@ -146,17 +147,6 @@ struct gw_upstream {
 /* The loop this thread runs, so gw_upstream_after from a callback stays on
  * its loop. */
 static _Thread_local gw_loop *tl_loop;
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 const char *gw_up_err_name(gw_up_err e)
 {
@@ -358,12 +348,12 @@ static int check_url(const char *url, bool *https, char *err, size_t errlen)
         skip = 8;
         *https = true;
     } else {
-        set_err(err, errlen, "upstream URL must start with http:// or https://");
+        pl_errf(err, errlen, "upstream URL must start with http:// or https://");
         return -1;
     }
     for (const unsigned char *p = (const unsigned char *)url; *p; p++) {
         if (*p <= 0x20 || *p == 0x7f) {
-            set_err(err, errlen, "upstream URL holds a space or control character");
+            pl_errf(err, errlen, "upstream URL holds a space or control character");
             return -1;
         }
     }
@@ -371,7 +361,7 @@ static int check_url(const char *url, bool *https, char *err, size_t errlen)
     int sl, hl;
     url_origin(url, &sch, &sl, &host, &hl);
     if (hl == 0 || host[0] == ':' || host < url + skip) {
-        set_err(err, errlen, "upstream URL has no host");
+        pl_errf(err, errlen, "upstream URL has no host");
         return -1;
     }
     return 0;
@@ -412,26 +402,26 @@ int gw_upstream_start(gw_upstream *u, const gw_upstream_req *req, const gw_respo
     if (out)
         *out = NULL;
     if (!u || !req || !cb || !cb->on_done || !req->url || !req->method) {
-        set_err(err, errlen, "gw_upstream_start: missing request, URL, method or on_done");
+        pl_errf(err, errlen, "gw_upstream_start: missing request, URL, method or on_done");
         return -1;
     }
     if (atomic_load_explicit(&u->shutting_down, memory_order_acquire)) {
-        set_err(err, errlen, "upstream client is shutting down");
+        pl_errf(err, errlen, "upstream client is shutting down");
         return -1;
     }
     if (!is_token(req->method, GW_MAX_METHOD)) {
-        set_err(err, errlen, "bad HTTP method");
+        pl_errf(err, errlen, "bad HTTP method");
         return -1;
     }
     bool https = false;
     if (check_url(req->url, &https, err, errlen) != 0)
         return -1;
     if ((!req->body && req->body_len) || (req->n_headers && !req->headers)) {
-        set_err(err, errlen, "gw_upstream_start: body or headers missing for their length");
+        pl_errf(err, errlen, "gw_upstream_start: body or headers missing for their length");
         return -1;
     }
     if (req->timeout_ms < 0 || req->connect_timeout_ms < 0 || req->first_byte_timeout_ms < 0) {
-        set_err(err, errlen, "negative timeout");
+        pl_errf(err, errlen, "negative timeout");
         return -1;
     }
 
@@ -445,12 +435,12 @@ int gw_upstream_start(gw_upstream *u, const gw_upstream_req *req, const gw_respo
     for (size_t i = 0; i < req->n_headers; i++) {
         const gw_header *h = &req->headers[i];
         if (!h->name || !is_token(h->name, 256)) {
-            set_err(err, errlen, "bad request header name (header %zu)", i);
+            pl_errf(err, errlen, "bad request header name (header %zu)", i);
             return -1;
         }
         if (h->value && !value_ok(h->value)) {
             /* The value may be a credential: say which header, never what. */
-            set_err(err, errlen, "request header %s holds a control character", h->name);
+            pl_errf(err, errlen, "request header %s holds a control character", h->name);
             return -1;
         }
         if (header_dropped(h->name))
@@ -468,7 +458,7 @@ int gw_upstream_start(gw_upstream *u, const gw_upstream_req *req, const gw_respo
                   method_len + 1 + hbytes + req->body_len + 1;
     gw_upstream_call *c = malloc(size);
     if (!c) {
-        set_err(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -1;
     }
     memset(c, 0, sizeof *c);
@@ -549,7 +539,7 @@ int gw_upstream_start(gw_upstream *u, const gw_upstream_req *req, const gw_respo
         atomic_fetch_sub_explicit(&L->load, 1, memory_order_relaxed);
         atomic_fetch_sub_explicit(&u->in_flight, 1, memory_order_relaxed);
         free(c);
-        set_err(err, errlen, "upstream client is shutting down");
+        pl_errf(err, errlen, "upstream client is shutting down");
         return -1;
     }
     if (out)
@@ -1251,13 +1241,13 @@ static int loop_init(gw_upstream *u, gw_loop *L, int index, const gw_upstream_op
     L->index = index;
     atomic_init(&L->load, 0);
     if (pthread_mutex_init(&L->mu, NULL) != 0) {
-        set_err(err, errlen, "mutex init failed");
+        pl_errf(err, errlen, "mutex init failed");
         return -1;
     }
     L->mu_ready = true;
     L->multi = curl_multi_init();
     if (!L->multi) {
-        set_err(err, errlen, "curl_multi_init failed");
+        pl_errf(err, errlen, "curl_multi_init failed");
         return -1;
     }
     long per_host = split_limit(o->max_host_connections, u->n_loops);
@@ -1266,7 +1256,7 @@ static int loop_init(gw_upstream *u, gw_loop *L, int index, const gw_upstream_op
         curl_multi_setopt(L->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host) != CURLM_OK ||
         curl_multi_setopt(L->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, total) != CURLM_OK ||
         curl_multi_setopt(L->multi, CURLMOPT_MAXCONNECTS, total) != CURLM_OK) {
-        set_err(err, errlen, "curl refused a connection limit");
+        pl_errf(err, errlen, "curl refused a connection limit");
         return -1;
     }
     return 0;
@@ -1278,7 +1268,7 @@ gw_upstream *gw_upstream_new(const gw_upstream_opts *o, char *err, size_t errlen
     if (o)
         d = *o;
     if (d.threads < 0 || d.max_host_connections < 0 || d.max_total_connections < 0) {
-        set_err(err, errlen, "upstream options: negative threads or connection limit");
+        pl_errf(err, errlen, "upstream options: negative threads or connection limit");
         return NULL;
     }
     if (d.threads == 0)
@@ -1288,17 +1278,17 @@ gw_upstream *gw_upstream_new(const gw_upstream_opts *o, char *err, size_t errlen
     if (d.max_total_connections == 0)
         d.max_total_connections = 1024;
     if (d.threads > GW_MAX_THREADS) {
-        set_err(err, errlen, "upstream options: threads %d over %d", d.threads, GW_MAX_THREADS);
+        pl_errf(err, errlen, "upstream options: threads %d over %d", d.threads, GW_MAX_THREADS);
         return NULL;
     }
     pthread_once(&g_curl_once, curl_init_once);
     if (g_curl_init != CURLE_OK) {
-        set_err(err, errlen, "curl_global_init: %s", curl_easy_strerror(g_curl_init));
+        pl_errf(err, errlen, "curl_global_init: %s", curl_easy_strerror(g_curl_init));
         return NULL;
     }
     gw_upstream *u = calloc(1, sizeof *u);
     if (!u) {
-        set_err(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return NULL;
     }
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
@@ -1306,7 +1296,7 @@ gw_upstream *gw_upstream_new(const gw_upstream_opts *o, char *err, size_t errlen
     u->n_loops = d.threads;
     u->loops = calloc((size_t)d.threads, sizeof *u->loops);
     if (!u->loops || (d.ca_file && !(u->ca_file = strdup(d.ca_file)))) {
-        set_err(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         goto fail;
     }
     u->share = curl_share_init();
@@ -1315,7 +1305,7 @@ gw_upstream *gw_upstream_new(const gw_upstream_opts *o, char *err, size_t errlen
         curl_share_setopt(u->share, CURLSHOPT_USERDATA, (void *)u) != CURLSHE_OK ||
         curl_share_setopt(u->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK ||
         curl_share_setopt(u->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
-        set_err(err, errlen, "curl share handle setup failed");
+        pl_errf(err, errlen, "curl share handle setup failed");
         goto fail;
     }
     for (int i = 0; i < u->n_loops; i++)
@@ -1323,7 +1313,7 @@ gw_upstream *gw_upstream_new(const gw_upstream_opts *o, char *err, size_t errlen
             goto fail;
     for (int i = 0; i < u->n_loops; i++) {
         if (pthread_create(&u->loops[i].thread, NULL, loop_main, &u->loops[i]) != 0) {
-            set_err(err, errlen, "cannot start upstream loop thread");
+            pl_errf(err, errlen, "cannot start upstream loop thread");
             goto fail;
         }
         u->loops[i].thread_started = true;

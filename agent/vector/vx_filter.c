@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "platform/pl_err.h"
+
 typedef struct vx_key {
     char *path;     /* as written, NUL-terminated */
     size_t nseg;
@@ -28,15 +30,6 @@ static const char *const op_names[VX_OP_COUNT_] = {
 
 const char *vx_op_name(vx_op op) {
     return (unsigned)op < VX_OP_COUNT_ ? op_names[op] : "?";
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 /* Keys in messages are shown up to 64 bytes so a message stays short even
@@ -67,7 +60,7 @@ void vx_filter_free(vx_filter *f) {
 /* Validates a key and returns its index in f->keys (adding it), or -1. */
 static long add_key(vx_filter *f, const char *key, size_t klen, char *err, size_t errlen) {
     if (klen == 0) {
-        set_err(err, errlen, "filter key must not be empty");
+        pl_errf(err, errlen, "filter key must not be empty");
         return -1;
     }
     /* Vectorize counts characters: UTF-8 lead bytes (jansson keys are
@@ -76,24 +69,24 @@ static long add_key(vx_filter *f, const char *key, size_t klen, char *err, size_
     for (size_t i = 0; i < klen; i++)
         chars += ((unsigned char)key[i] & 0xc0) != 0x80;
     if (chars > VX_FILTER_MAX_KEY) {
-        set_err(err, errlen, "filter key exceeds %d characters: '%.*s...'", VX_FILTER_MAX_KEY,
+        pl_errf(err, errlen, "filter key exceeds %d characters: '%.*s...'", VX_FILTER_MAX_KEY,
                 KEY_SHOWN, key);
         return -1;
     }
     if (memchr(key, '\0', klen)) {
-        set_err(err, errlen, "filter key must not contain NUL: '%.*s'", KEY_SHOWN, key);
+        pl_errf(err, errlen, "filter key must not contain NUL: '%.*s'", KEY_SHOWN, key);
         return -1;
     }
     if (memchr(key, '"', klen)) {
-        set_err(err, errlen, "filter key must not contain '\"': '%.*s'", KEY_SHOWN, key);
+        pl_errf(err, errlen, "filter key must not contain '\"': '%.*s'", KEY_SHOWN, key);
         return -1;
     }
     if (key[0] == '$') {
-        set_err(err, errlen, "filter key must not start with '$': '%.*s'", KEY_SHOWN, key);
+        pl_errf(err, errlen, "filter key must not start with '$': '%.*s'", KEY_SHOWN, key);
         return -1;
     }
     if (key[0] == '.' || key[klen - 1] == '.' || strstr(key, "..")) {
-        set_err(err, errlen, "filter key has an empty segment: '%.*s'", KEY_SHOWN, key);
+        pl_errf(err, errlen, "filter key has an empty segment: '%.*s'", KEY_SHOWN, key);
         return -1;
     }
     for (size_t i = 0; i < f->nkeys; i++)
@@ -131,7 +124,7 @@ static long add_key(vx_filter *f, const char *key, size_t klen, char *err, size_
     }
     return (long)(f->nkeys - 1);
 oom:
-    set_err(err, errlen, "out of memory");
+    pl_errf(err, errlen, "out of memory");
     return -1;
 }
 
@@ -186,13 +179,13 @@ static int add_clause(vx_filter *f, long ki, vx_op op, const json_t *operand, ch
     size_t n = 1;
     if (op == VX_OP_IN || op == VX_OP_NIN) {
         if (!json_is_array(operand) || json_array_size(operand) == 0) {
-            set_err(err, errlen, "operator '%s' for key '%.*s' needs a non-empty array",
+            pl_errf(err, errlen, "operator '%s' for key '%.*s' needs a non-empty array",
                     op_names[op], KEY_SHOWN, key);
             return -1;
         }
         n = json_array_size(operand);
         if (n > VX_FILTER_MAX_IN) {
-            set_err(err, errlen, "operator '%s' for key '%.*s' accepts at most %d values",
+            pl_errf(err, errlen, "operator '%s' for key '%.*s' accepts at most %d values",
                     op_names[op], KEY_SHOWN, key, VX_FILTER_MAX_IN);
             return -1;
         }
@@ -221,7 +214,7 @@ static int add_clause(vx_filter *f, long ki, vx_op op, const json_t *operand, ch
         if (rc == -2)
             goto oom;
         if (rc < 0) {
-            set_err(err, errlen,
+            pl_errf(err, errlen,
                     "operator '%s' for key '%.*s' needs a string, number, boolean or null, "
                     "not %s",
                     op_names[op], KEY_SHOWN, key, type_word(j));
@@ -229,7 +222,7 @@ static int add_clause(vx_filter *f, long ki, vx_op op, const json_t *operand, ch
         }
         c->nvalues = i + 1;
         if (op >= VX_OP_LT && vals[i].type != VX_V_NUMBER && vals[i].type != VX_V_STRING) {
-            set_err(err, errlen, "operator '%s' for key '%.*s' needs a number or a string",
+            pl_errf(err, errlen, "operator '%s' for key '%.*s' needs a number or a string",
                     op_names[op], KEY_SHOWN, key);
             return -1;
         }
@@ -237,7 +230,7 @@ static int add_clause(vx_filter *f, long ki, vx_op op, const json_t *operand, ch
     f->keys[ki].ops |= VX_OP_BIT(op);
     return 0;
 oom:
-    set_err(err, errlen, "out of memory");
+    pl_errf(err, errlen, "out of memory");
     return -1;
 }
 
@@ -245,21 +238,21 @@ vx_filter *vx_filter_parse(const json_t *filter, char *err, size_t errlen) {
     if (err && errlen)
         err[0] = '\0';
     if (!json_is_object(filter)) {
-        set_err(err, errlen, "filter must be a JSON object");
+        pl_errf(err, errlen, "filter must be a JSON object");
         return NULL;
     }
     if (json_object_size(filter) == 0) {
-        set_err(err, errlen, "filter must be a non-empty object");
+        pl_errf(err, errlen, "filter must be a non-empty object");
         return NULL;
     }
     size_t bytes = json_dumpb(filter, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
     if (bytes >= VX_FILTER_MAX_BYTES) {
-        set_err(err, errlen, "filter exceeds the limit of %d bytes of JSON", VX_FILTER_MAX_BYTES);
+        pl_errf(err, errlen, "filter exceeds the limit of %d bytes of JSON", VX_FILTER_MAX_BYTES);
         return NULL;
     }
     vx_filter *f = calloc(1, sizeof *f);
     if (!f) {
-        set_err(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return NULL;
     }
     const char *key;
@@ -271,7 +264,7 @@ vx_filter *vx_filter_parse(const json_t *filter, char *err, size_t errlen) {
             goto fail;
         if (!json_is_object(val)) {
             if (json_is_array(val)) {
-                set_err(err, errlen, "value for key '%.*s' must be a string, number, boolean, "
+                pl_errf(err, errlen, "value for key '%.*s' must be a string, number, boolean, "
                         "null or an object of operators, not an array", KEY_SHOWN, key);
                 goto fail;
             }
@@ -280,7 +273,7 @@ vx_filter *vx_filter_parse(const json_t *filter, char *err, size_t errlen) {
             continue;
         }
         if (json_object_size(val) == 0) {
-            set_err(err, errlen, "operators for key '%.*s' must not be empty", KEY_SHOWN, key);
+            pl_errf(err, errlen, "operators for key '%.*s' must not be empty", KEY_SHOWN, key);
             goto fail;
         }
         const char *opk;
@@ -292,7 +285,7 @@ vx_filter *vx_filter_parse(const json_t *filter, char *err, size_t errlen) {
                 if (strlen(op_names[i]) == oplen && memcmp(op_names[i], opk, oplen) == 0)
                     op = i;
             if (op < 0) {
-                set_err(err, errlen, "unknown operator '%.*s' for key '%.*s'",
+                pl_errf(err, errlen, "unknown operator '%.*s' for key '%.*s'",
                         (int)(oplen > KEY_SHOWN ? KEY_SHOWN : oplen), opk, KEY_SHOWN, key);
                 goto fail;
             }
@@ -312,7 +305,7 @@ vx_filter *vx_filter_parse_text(const char *text, size_t len, char *err, size_t 
     json_error_t je;
     json_t *j = json_loadb(text ? text : "", text ? len : 0, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (!j) {
-        set_err(err, errlen, "filter is not valid JSON: %s", je.text);
+        pl_errf(err, errlen, "filter is not valid JSON: %s", je.text);
         return NULL;
     }
     vx_filter *f = vx_filter_parse(j, err, errlen);

@@ -76,6 +76,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "platform/pl_err.h"
 #include "platform/pl_file.h"
 #include "platform/pl_hash.h"
 #include "platform/pl_log.h"
@@ -89,18 +90,6 @@
 #define PRESET_MAX 256
 
 /* ================================================================ helpers */
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static inline bool bget(const uint64_t *b, size_t i) { return (b[i >> 6] >> (i & 63)) & 1; }
 static inline void bset(uint64_t *b, size_t i) { b[i >> 6] |= 1ull << (i & 63); }
@@ -669,7 +658,7 @@ static int decode_vectors(const uint8_t *p, size_t len, uint32_t dim, dvec **out
     rbuf r = {p, len, 0, false};
     uint32_t d = rb_u32(&r), n = rb_u32(&r);
     if (r.bad || d != dim || n == 0 || n > VX_INDEX_BATCH_MAX) {
-        seterr(err, errlen, "vector record: bad header (dim %" PRIu32 ", %" PRIu32 " vectors)", d,
+        pl_errf(err, errlen, "vector record: bad header (dim %" PRIu32 ", %" PRIu32 " vectors)", d,
                n);
         return -EBADMSG;
     }
@@ -688,7 +677,7 @@ static int decode_vectors(const uint8_t *p, size_t len, uint32_t dim, dvec **out
         if (r.bad || v[i].idlen == 0 || v[i].idlen > VX_INDEX_ID_MAX ||
             v[i].nslen > VX_INDEX_NAMESPACE_MAX || v[i].mdlen > VX_INDEX_METADATA_MAX ||
             !no_nul(v[i].id, v[i].idlen) || !no_nul(v[i].ns, v[i].nslen)) {
-            seterr(err, errlen, "vector record: vector %" PRIu32 " is malformed", i);
+            pl_errf(err, errlen, "vector record: vector %" PRIu32 " is malformed", i);
             free(v);
             return -EBADMSG;
         }
@@ -696,14 +685,14 @@ static int decode_vectors(const uint8_t *p, size_t len, uint32_t dim, dvec **out
             float f;
             memcpy(&f, v[i].vals + 4 * (size_t)k, 4);
             if (!isfinite(f)) {
-                seterr(err, errlen, "vector record: vector %" PRIu32 " has a non-finite value", i);
+                pl_errf(err, errlen, "vector record: vector %" PRIu32 " has a non-finite value", i);
                 free(v);
                 return -EBADMSG;
             }
         }
     }
     if (r.off != len) {
-        seterr(err, errlen, "vector record: %zu trailing bytes", len - r.off);
+        pl_errf(err, errlen, "vector record: %zu trailing bytes", len - r.off);
         free(v);
         return -EBADMSG;
     }
@@ -776,7 +765,7 @@ static int apply_vectors(vx_index *x, bool upsert, const uint8_t *p, size_t len,
         if (d->mdlen) {
             mds[i] = parse_md(d->md, d->mdlen);
             if (!mds[i]) {
-                seterr(err, errlen, "vector record: metadata of '%.*s' is not a JSON object",
+                pl_errf(err, errlen, "vector record: metadata of '%.*s' is not a JSON object",
                        (int)d->idlen, d->id);
                 rc = -EBADMSG;
                 goto out;
@@ -787,7 +776,7 @@ static int apply_vectors(vx_index *x, bool upsert, const uint8_t *p, size_t len,
         memcpy(row, v[keep[i]].vals, dim * sizeof *row);
         int hr = vx_hnsw_insert(x->cur.g, row, &slots[i]);
         if (hr != VX_HNSW_OK) {
-            seterr(err, errlen, "graph insert failed (%d)", hr);
+            pl_errf(err, errlen, "graph insert failed (%d)", hr);
             rc = hr == VX_HNSW_ENOMEM ? -ENOMEM : -EIO;
             goto out;
         }
@@ -798,7 +787,7 @@ static int apply_vectors(vx_index *x, bool upsert, const uint8_t *p, size_t len,
     if (nk && gen_reserve(g, (uint64_t)slots[nk - 1] + 1) != 0) {
         pthread_rwlock_unlock(&x->rw);
         rc = -ENOMEM;
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         goto out;
     }
     for (uint32_t i = 0; i < nk; i++) {
@@ -836,7 +825,7 @@ static int apply_vectors(vx_index *x, bool upsert, const uint8_t *p, size_t len,
     }
     pthread_rwlock_unlock(&x->rw);
     if (rc)
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
 out:
     if (mds)
         for (uint32_t i = 0; i < n; i++)
@@ -855,7 +844,7 @@ static int apply_delete(vx_index *x, const uint8_t *p, size_t len, char *err, si
     rbuf r = {p, len, 0, false};
     uint32_t n = rb_u32(&r);
     if (r.bad || n == 0 || n > VX_INDEX_IDS_MAX) {
-        seterr(err, errlen, "delete record: bad count");
+        pl_errf(err, errlen, "delete record: bad count");
         return -EBADMSG;
     }
     /* Validate the whole payload before changing anything. */
@@ -864,12 +853,12 @@ static int apply_delete(vx_index *x, const uint8_t *p, size_t len, char *err, si
         uint8_t l = rb_u8(&r);
         const char *id = (const char *)rb_take(&r, l);
         if (r.bad || l == 0 || l > VX_INDEX_ID_MAX || !no_nul(id, l)) {
-            seterr(err, errlen, "delete record: id %" PRIu32 " is malformed", i);
+            pl_errf(err, errlen, "delete record: id %" PRIu32 " is malformed", i);
             return -EBADMSG;
         }
     }
     if (r.off != len) {
-        seterr(err, errlen, "delete record: trailing bytes");
+        pl_errf(err, errlen, "delete record: trailing bytes");
         return -EBADMSG;
     }
     r.off = start;
@@ -920,7 +909,7 @@ static int apply_meta(vx_index *x, bool create, const uint8_t *p, size_t len, ch
     uint8_t type = create ? rb_u8(&r) : 0;
     if ((create && type > VX_META_BOOLEAN) || decode_prop(&r, d.property, sizeof d.property) ||
         r.off != len) {
-        seterr(err, errlen, "metadata-index record is malformed");
+        pl_errf(err, errlen, "metadata-index record is malformed");
         return -EBADMSG;
     }
     d.type = (vx_meta_type)type;
@@ -968,7 +957,7 @@ static int apply_record(vx_index *x, uint8_t type, const uint8_t *p, size_t len,
     case VX_WAL_METADATA_INDEX_CREATE: rc = apply_meta(x, true, p, len, err, errlen); break;
     case VX_WAL_METADATA_INDEX_DELETE: rc = apply_meta(x, false, p, len, err, errlen); break;
     default:
-        seterr(err, errlen, "unknown record type %u", (unsigned)type);
+        pl_errf(err, errlen, "unknown record type %u", (unsigned)type);
         rc = -EBADMSG;
     }
     if (rc)
@@ -985,7 +974,7 @@ static int apply_record(vx_index *x, uint8_t type, const uint8_t *p, size_t len,
     if (vx_hnsw_deleted(x->cur.g) >= 32 && vx_hnsw_needs_compact(x->cur.g)) {
         rc = compact(x);
         if (rc)
-            seterr(err, errlen, "compaction failed: %s", strerror(-rc));
+            pl_errf(err, errlen, "compaction failed: %s", strerror(-rc));
         return rc;
     }
     uint32_t count = vx_hnsw_count(x->cur.g);
@@ -1259,7 +1248,7 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
         return -ENOMEM;
     uint8_t hdr[44]; /* magic 8, dim 4, metric 4, id 8, ms 8, records 8, defs 4 */
     if (sr_read(&s, hdr, sizeof hdr) || memcmp(hdr, SNAP_MAGIC, 8) != 0) {
-        seterr(e, el, "snapshot %" PRIu64 ": bad header", upto);
+        pl_errf(e, el, "snapshot %" PRIu64 ": bad header", upto);
         goto out;
     }
     uint32_t sdim, smetric, ndefs;
@@ -1273,7 +1262,7 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
     /* Records are at least 10 bytes each: the count is bounded by the blob. */
     if (sdim != dim || smetric != (uint32_t)x->cfg.metric || sid != upto ||
         ndefs > VX_META_MAX_INDEXES || nrec > vx_wal_snap_size(rd) / 10) {
-        seterr(e, el, "snapshot %" PRIu64 ": header does not match index.json", upto);
+        pl_errf(e, el, "snapshot %" PRIu64 ": header does not match index.json", upto);
         goto out;
     }
     vx_meta_def defs[VX_META_MAX_INDEXES];
@@ -1283,7 +1272,7 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
         uint16_t l;
         if (sr_read(&s, &t, 1) || sr_read(&s, &l, 2) || t > VX_META_BOOLEAN || l == 0 ||
             l >= sizeof defs[i].property || sr_read(&s, defs[i].property, l)) {
-            seterr(e, el, "snapshot %" PRIu64 ": bad metadata-index definition", upto);
+            pl_errf(e, el, "snapshot %" PRIu64 ": bad metadata-index definition", upto);
             goto out;
         }
         defs[i].type = (vx_meta_type)t;
@@ -1310,7 +1299,7 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
         }
         if (!ok) {
             free(mdbuf);
-            seterr(e, el, "snapshot %" PRIu64 ": record %" PRIu64 " is malformed", upto, i);
+            pl_errf(e, el, "snapshot %" PRIu64 ": record %" PRIu64 " is malformed", upto, i);
             goto out;
         }
     }
@@ -1327,13 +1316,13 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
     fclose(f);
     if (hr != VX_HNSW_OK || trailing || vx_hnsw_dim(g) != dim ||
         vx_hnsw_metric(g) != x->cfg.metric) {
-        seterr(e, el, "snapshot %" PRIu64 ": graph refused: %s", upto,
+        pl_errf(e, el, "snapshot %" PRIu64 ": graph refused: %s", upto,
                why ? why : trailing ? "trailing bytes" : "dimension or metric differs");
         goto out;
     }
     uint32_t count = vx_hnsw_count(g);
     if (vx_hnsw_live(g) != nrec) {
-        seterr(e, el, "snapshot %" PRIu64 ": %" PRIu64 " records but %u live graph slots", upto,
+        pl_errf(e, el, "snapshot %" PRIu64 ": %" PRIu64 " records but %u live graph slots", upto,
                nrec, vx_hnsw_live(g));
         goto out;
     }
@@ -1356,7 +1345,7 @@ static int on_snapshot(void *ctx, vx_wal_snap_reader *rd, uint64_t upto)
         gen *G = &x->cur;
         if (L->slot >= count || vx_hnsw_is_deleted(G->g, L->slot) || G->slot_rec[L->slot] ||
             pmap_get(&x->ids, L->id, L->idlen, rec_eq)) {
-            seterr(e, el, "snapshot %" PRIu64 ": record %" PRIu64 " has a bad or repeated slot "
+            pl_errf(e, el, "snapshot %" PRIu64 ": record %" PRIu64 " has a bad or repeated slot "
                           "or id", upto, i);
             goto out;
         }
@@ -1413,7 +1402,7 @@ static int on_record(void *ctx, const vx_wal_rec *wr)
     e[0] = '\0';
     int rc = apply_record(x, wr->type, wr->payload, wr->len, wr->id, wr->ms, e, sizeof e);
     if (rc) {
-        seterr(x->replay_err, sizeof x->replay_err, "log record %" PRIu64 ": %s", wr->id, e);
+        pl_errf(x->replay_err, sizeof x->replay_err, "log record %" PRIu64 ": %s", wr->id, e);
         return rc;
     }
     x->replayed++;
@@ -1444,35 +1433,35 @@ int vx_index_config_check(const vx_index_config *c, uint32_t max_dim, char *err,
     if (!max_dim)
         max_dim = VX_INDEX_DIM_MAX_DEFAULT;
     if (!c) {
-        seterr(err, errlen, "no config");
+        pl_errf(err, errlen, "no config");
         return -EINVAL;
     }
     if (!name_ok(c->name)) {
-        seterr(err, errlen, "index name must be 1..%d bytes of a-z, 0-9 and '-', starting with "
+        pl_errf(err, errlen, "index name must be 1..%d bytes of a-z, 0-9 and '-', starting with "
                             "a letter", VX_INDEX_NAME_MAX);
         return -EINVAL;
     }
     if (c->dimensions < 1 || c->dimensions > max_dim) {
-        seterr(err, errlen, "dimensions must be 1..%" PRIu32 " (max_dimensions), got %" PRIu32,
+        pl_errf(err, errlen, "dimensions must be 1..%" PRIu32 " (max_dimensions), got %" PRIu32,
                max_dim, c->dimensions);
         return -EINVAL;
     }
     if ((unsigned)c->metric > VX_DOT) {
-        seterr(err, errlen, "metric must be cosine, euclidean or dot-product");
+        pl_errf(err, errlen, "metric must be cosine, euclidean or dot-product");
         return -EINVAL;
     }
     if (c->description && strlen(c->description) > VX_INDEX_DESCRIPTION_MAX) {
-        seterr(err, errlen, "description is longer than %d bytes", VX_INDEX_DESCRIPTION_MAX);
+        pl_errf(err, errlen, "description is longer than %d bytes", VX_INDEX_DESCRIPTION_MAX);
         return -EINVAL;
     }
     if ((c->preset && strlen(c->preset) > PRESET_MAX) ||
         (c->embed_model && strlen(c->embed_model) > PRESET_MAX)) {
-        seterr(err, errlen, "preset and embedding model names are at most %d bytes", PRESET_MAX);
+        pl_errf(err, errlen, "preset and embedding model names are at most %d bytes", PRESET_MAX);
         return -EINVAL;
     }
     vx_hnsw *g = NULL;
     if (vx_hnsw_create(c->dimensions, c->metric, &c->hnsw, &g) != VX_HNSW_OK) {
-        seterr(err, errlen, "graph parameters out of range (M 2..128, ef and factors > 0, "
+        pl_errf(err, errlen, "graph parameters out of range (M 2..128, ef and factors > 0, "
                             "fractions in (0, 1])");
         return -EINVAL;
     }
@@ -1565,7 +1554,7 @@ static int config_parse(const char *text, size_t len, vx_index_config *c, char *
     json_error_t je;
     json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!j || !json_is_object(j)) {
-        seterr(err, errlen, "index.json is not a JSON object: %s", j ? "" : je.text);
+        pl_errf(err, errlen, "index.json is not a JSON object: %s", j ? "" : je.text);
         json_decref(j);
         return -EBADMSG;
     }
@@ -1630,7 +1619,7 @@ static int config_parse(const char *text, size_t len, vx_index_config *c, char *
     }
     json_decref(j);
     if (bad) {
-        seterr(err, errlen, "index.json: field '%s' is missing or invalid", bad);
+        pl_errf(err, errlen, "index.json: field '%s' is missing or invalid", bad);
         vx_index_config_free(c);
         return -EBADMSG;
     }
@@ -1764,7 +1753,7 @@ int vx_index_open(const char *dir, const vx_index_opts *o, vx_index **out, char 
     size_t len = 0;
     int rc = pl_file_read_all(path, CONFIG_MAX_BYTES, &text, &len);
     if (rc) {
-        seterr(err, errlen, "%s: %s", path, strerror(-rc));
+        pl_errf(err, errlen, "%s: %s", path, strerror(-rc));
         return rc == -ENOENT ? -ENOENT : -EIO;
     }
     vx_index *x = index_alloc(dir, o);
@@ -1780,7 +1769,7 @@ int vx_index_open(const char *dir, const vx_index_opts *o, vx_index **out, char 
     }
     rc = gen_init(&x->cur, &x->cfg);
     if (rc) {
-        seterr(err, errlen, "cannot create the graph: %s", strerror(-rc));
+        pl_errf(err, errlen, "cannot create the graph: %s", strerror(-rc));
         index_free(x);
         return rc;
     }
@@ -1798,7 +1787,7 @@ int vx_index_open(const char *dir, const vx_index_opts *o, vx_index **out, char 
     rc = vx_wal_open(&wo, &cb, &x->wal, &st, werr, sizeof werr);
     x->replaying = false;
     if (rc) {
-        seterr(err, errlen, "%s: %s", dir, x->replay_err[0] ? x->replay_err : werr);
+        pl_errf(err, errlen, "%s: %s", dir, x->replay_err[0] ? x->replay_err : werr);
         index_free(x);
         return rc == -ENOMEM ? -ENOMEM : rc == -EBUSY ? -EBUSY : -EBADMSG;
     }
@@ -1810,7 +1799,7 @@ int vx_index_open(const char *dir, const vx_index_opts *o, vx_index **out, char 
     if (pthread_create(&x->th, NULL, apply_main, x) != 0) {
         vx_wal_close(x->wal);
         index_free(x);
-        seterr(err, errlen, "cannot start the apply thread");
+        pl_errf(err, errlen, "cannot start the apply thread");
         return -ENOMEM;
     }
     x->th_started = true;
@@ -1833,13 +1822,13 @@ int vx_index_create(const char *dir, const vx_index_config *c, const vx_index_op
         *slash = '\0';
         rc = pl_file_mkdirs(parent);
         if (rc) {
-            seterr(err, errlen, "mkdir %s: %s", parent, strerror(-rc));
+            pl_errf(err, errlen, "mkdir %s: %s", parent, strerror(-rc));
             return -EIO;
         }
     }
     if (mkdir(dir, 0750) != 0) {
         rc = -errno;
-        seterr(err, errlen, "mkdir %s: %s", dir, strerror(errno));
+        pl_errf(err, errlen, "mkdir %s: %s", dir, strerror(errno));
         return rc == -EEXIST ? -EEXIST : -EIO;
     }
     vx_index_config cc;
@@ -1852,7 +1841,7 @@ int vx_index_create(const char *dir, const vx_index_config *c, const vx_index_op
         rc = config_write(dir, &cc, !o || o->fsync);
         vx_index_config_free(&cc);
         if (rc)
-            seterr(err, errlen, "writing %s/index.json: %s", dir, strerror(-rc));
+            pl_errf(err, errlen, "writing %s/index.json: %s", dir, strerror(-rc));
     }
     if (!rc && (!o || o->fsync) && slash && slash != parent)
         fsync_dir(parent);
@@ -2017,7 +2006,7 @@ static int submit(vx_index *x, uint8_t type, uint8_t *payload, size_t len, submi
     pend *p = malloc(sizeof *p);
     if (!p) {
         free(payload);
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     struct timespec dl;
@@ -2027,18 +2016,18 @@ static int submit(vx_index *x, uint8_t type, uint8_t *payload, size_t len, submi
     pthread_mutex_lock(&x->mu);
     for (;;) {
         if (x->failed) {
-            seterr(err, errlen, "index failed: %s", x->fail_msg);
+            pl_errf(err, errlen, "index failed: %s", x->fail_msg);
             rc = -EIO;
             break;
         }
         if (x->stop) {
-            seterr(err, errlen, "index is closing");
+            pl_errf(err, errlen, "index is closing");
             rc = -ESHUTDOWN;
             break;
         }
         if (x->qbytes && x->qbytes + len > VX_INDEX_MAX_PENDING_BYTES) {
             if (pthread_cond_timedwait(&x->cv_done, &x->mu, &dl) == ETIMEDOUT) {
-                seterr(err, errlen, "too many mutations waiting to be applied (over %u MiB "
+                pl_errf(err, errlen, "too many mutations waiting to be applied (over %u MiB "
                                     "pending); retry later", VX_INDEX_MAX_PENDING_BYTES >> 20);
                 rc = -EAGAIN;
                 break;
@@ -2057,19 +2046,19 @@ static int submit(vx_index *x, uint8_t type, uint8_t *payload, size_t len, submi
             clock_gettime(CLOCK_MONOTONIC, &now);
             pthread_mutex_lock(&x->mu);
             if (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec)) {
-                seterr(err, errlen, "the log is backlogged; retry later");
+                pl_errf(err, errlen, "the log is backlogged; retry later");
                 break;
             }
             continue;
         }
         if (rc == -E2BIG) {
-            seterr(err, errlen, "the mutation encodes to %zu bytes, over the %u MiB record limit; "
+            pl_errf(err, errlen, "the mutation encodes to %zu bytes, over the %u MiB record limit; "
                                 "send fewer vectors per request", len, VX_WAL_RECORD_HARD_MAX >> 20);
             rc = -EINVAL;
             break;
         }
         if (rc) {
-            seterr(err, errlen, "the log refused the mutation: %s", strerror(-rc));
+            pl_errf(err, errlen, "the log refused the mutation: %s", strerror(-rc));
             rc = rc == -ESHUTDOWN ? rc : -EIO;
             break;
         }
@@ -2092,7 +2081,7 @@ static int submit(vx_index *x, uint8_t type, uint8_t *payload, size_t len, submi
     pthread_mutex_unlock(&x->mu);
     rc = vx_wal_wait(x->wal, id, -1);
     if (rc) {
-        seterr(err, errlen, "the mutation could not be made durable: %s", strerror(-rc));
+        pl_errf(err, errlen, "the mutation could not be made durable: %s", strerror(-rc));
         return -EIO;
     }
     if (mutation_id)
@@ -2103,7 +2092,7 @@ static int submit(vx_index *x, uint8_t type, uint8_t *payload, size_t len, submi
 int vx_index_check_dimensions(const vx_index *x, size_t n, char *err, size_t errlen)
 {
     if (n != x->cfg.dimensions) {
-        seterr(err, errlen, "vector has %zu dimensions, the index has %" PRIu32 " (dimensions)",
+        pl_errf(err, errlen, "vector has %zu dimensions, the index has %" PRIu32 " (dimensions)",
                n, x->cfg.dimensions);
         return -EINVAL;
     }
@@ -2114,12 +2103,12 @@ static int check_values(const vx_index *x, const float *v, const char *what, cha
                         size_t errlen)
 {
     if (!v) {
-        seterr(err, errlen, "%s has no values", what);
+        pl_errf(err, errlen, "%s has no values", what);
         return -EINVAL;
     }
     for (uint32_t i = 0; i < x->cfg.dimensions; i++) {
         if (!isfinite(v[i])) {
-            seterr(err, errlen, "%s: value %" PRIu32 " is not a finite number", what, i);
+            pl_errf(err, errlen, "%s: value %" PRIu32 " is not a finite number", what, i);
             return -EINVAL;
         }
     }
@@ -2130,7 +2119,7 @@ static int encode_vectors(vx_index *x, const vx_vector_in *v, size_t n, wbuf *b,
                           size_t errlen)
 {
     if (!v || n == 0 || n > VX_INDEX_BATCH_MAX) {
-        seterr(err, errlen, "a mutation carries 1..%d vectors (batch limit), got %zu",
+        pl_errf(err, errlen, "a mutation carries 1..%d vectors (batch limit), got %zu",
                VX_INDEX_BATCH_MAX, n);
         return -EINVAL;
     }
@@ -2140,7 +2129,7 @@ static int encode_vectors(vx_index *x, const vx_vector_in *v, size_t n, wbuf *b,
     for (size_t i = 0; i < n; i++) {
         size_t il = v[i].id ? strlen(v[i].id) : 0;
         if (il == 0 || il > VX_INDEX_ID_MAX) {
-            seterr(err, errlen, "vector %zu: id must be 1..%d bytes (id limit), got %zu", i,
+            pl_errf(err, errlen, "vector %zu: id must be 1..%d bytes (id limit), got %zu", i,
                    VX_INDEX_ID_MAX, il);
             return -EINVAL;
         }
@@ -2151,7 +2140,7 @@ static int encode_vectors(vx_index *x, const vx_vector_in *v, size_t n, wbuf *b,
             return rc;
         size_t nl = v[i].ns ? strlen(v[i].ns) : 0;
         if (nl > VX_INDEX_NAMESPACE_MAX) {
-            seterr(err, errlen, "vector '%s': namespace is longer than %d bytes (namespace "
+            pl_errf(err, errlen, "vector '%s': namespace is longer than %d bytes (namespace "
                                 "limit)", v[i].id, VX_INDEX_NAMESPACE_MAX);
             return -EINVAL;
         }
@@ -2159,17 +2148,17 @@ static int encode_vectors(vx_index *x, const vx_vector_in *v, size_t n, wbuf *b,
         size_t ml = 0;
         if (v[i].metadata && !json_is_null(v[i].metadata)) {
             if (!json_is_object(v[i].metadata)) {
-                seterr(err, errlen, "vector '%s': metadata must be an object", v[i].id);
+                pl_errf(err, errlen, "vector '%s': metadata must be an object", v[i].id);
                 return -EINVAL;
             }
             md = json_dumps(v[i].metadata, JSON_COMPACT);
             if (!md) {
-                seterr(err, errlen, "vector '%s': metadata cannot be encoded", v[i].id);
+                pl_errf(err, errlen, "vector '%s': metadata cannot be encoded", v[i].id);
                 return -EINVAL;
             }
             ml = strlen(md);
             if (ml > VX_INDEX_METADATA_MAX) {
-                seterr(err, errlen, "vector '%s': metadata is %zu bytes, over the %d-byte "
+                pl_errf(err, errlen, "vector '%s': metadata is %zu bytes, over the %d-byte "
                                     "metadata limit", v[i].id, ml, VX_INDEX_METADATA_MAX);
                 free(md);
                 return -EINVAL;
@@ -2190,7 +2179,7 @@ static int encode_vectors(vx_index *x, const vx_vector_in *v, size_t n, wbuf *b,
         wb_put(b, v[i].values, dim * sizeof(float));
     }
     if (b->oom) {
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     return 0;
@@ -2224,7 +2213,7 @@ int vx_index_delete_ids(vx_index *x, const char *const *ids, size_t n, uint64_t 
                         char *err, size_t errlen)
 {
     if (!ids || n == 0 || n > VX_INDEX_IDS_MAX) {
-        seterr(err, errlen, "delete takes 1..%d ids (ids limit), got %zu", VX_INDEX_IDS_MAX, n);
+        pl_errf(err, errlen, "delete takes 1..%d ids (ids limit), got %zu", VX_INDEX_IDS_MAX, n);
         return -EINVAL;
     }
     wbuf b = {0};
@@ -2233,7 +2222,7 @@ int vx_index_delete_ids(vx_index *x, const char *const *ids, size_t n, uint64_t 
         size_t l = ids[i] ? strlen(ids[i]) : 0;
         if (l == 0 || l > VX_INDEX_ID_MAX) {
             free(b.p);
-            seterr(err, errlen, "id %zu must be 1..%d bytes (id limit), got %zu", i,
+            pl_errf(err, errlen, "id %zu must be 1..%d bytes (id limit), got %zu", i,
                    VX_INDEX_ID_MAX, l);
             return -EINVAL;
         }
@@ -2242,7 +2231,7 @@ int vx_index_delete_ids(vx_index *x, const char *const *ids, size_t n, uint64_t 
     }
     if (b.oom) {
         free(b.p);
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     return submit(x, VX_WAL_DELETE, b.p, b.n, NULL, NULL, mutation_id, err, errlen);
@@ -2262,16 +2251,16 @@ static int meta_check(vx_index *x, const void *arg, bool commit, char *err, size
     long i = def_find(x->ldefs, x->nldefs, a->property);
     if (!commit) {
         if (a->create && i >= 0) {
-            seterr(err, errlen, "a metadata index on '%.64s' already exists", a->property);
+            pl_errf(err, errlen, "a metadata index on '%.64s' already exists", a->property);
             return -EEXIST;
         }
         if (a->create && x->nldefs >= VX_META_MAX_INDEXES) {
-            seterr(err, errlen, "at most %d metadata indexes per index (metadata index limit)",
+            pl_errf(err, errlen, "at most %d metadata indexes per index (metadata index limit)",
                    VX_META_MAX_INDEXES);
             return -EINVAL;
         }
         if (!a->create && i < 0) {
-            seterr(err, errlen, "no metadata index on '%.64s'", a->property);
+            pl_errf(err, errlen, "no metadata index on '%.64s'", a->property);
             return -ENOENT;
         }
         return 0;
@@ -2292,20 +2281,20 @@ int vx_index_meta_create(vx_index *x, const char *property, vx_meta_type type,
                          uint64_t *mutation_id, char *err, size_t errlen)
 {
     if (!property || (unsigned)type > VX_META_BOOLEAN) {
-        seterr(err, errlen, "a metadata index needs a property and a type (string, number, "
+        pl_errf(err, errlen, "a metadata index needs a property and a type (string, number, "
                             "boolean)");
         return -EINVAL;
     }
     size_t l = strlen(property);
     if (l == 0 || l >= sizeof(((vx_meta_def *)0)->property)) {
-        seterr(err, errlen, "metadata index property must be 1..%d characters",
+        pl_errf(err, errlen, "metadata index property must be 1..%d characters",
                VX_FILTER_MAX_KEY);
         return -EINVAL;
     }
     /* The property rules are vx_meta's: try it on an empty set. */
     vx_meta *probe = vx_meta_new(0);
     if (!probe) {
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     int prc = vx_meta_add_index(probe, property, type, err, errlen);
@@ -2330,7 +2319,7 @@ int vx_index_meta_delete(vx_index *x, const char *property, uint64_t *mutation_i
 {
     size_t l = property ? strlen(property) : 0;
     if (l == 0 || l >= sizeof(((vx_meta_def *)0)->property)) {
-        seterr(err, errlen, "no metadata index on '%.64s'", property ? property : "");
+        pl_errf(err, errlen, "no metadata index on '%.64s'", property ? property : "");
         return -ENOENT;
     }
     wbuf b = {0};
@@ -2517,11 +2506,11 @@ int vx_index_query(vx_index *x, const vx_query *q, vx_match **out, size_t *n, ch
     uint32_t k = q->top_k;
     bool heavy = q->return_values || q->return_metadata == VX_RETURN_META_ALL;
     if (k < 1 || k > VX_INDEX_TOPK_MAX) {
-        seterr(err, errlen, "topK must be 1..%d (topK limit), got %" PRIu32, VX_INDEX_TOPK_MAX, k);
+        pl_errf(err, errlen, "topK must be 1..%d (topK limit), got %" PRIu32, VX_INDEX_TOPK_MAX, k);
         return -EINVAL;
     }
     if (heavy && k > VX_INDEX_TOPK_MAX_WITH_DATA) {
-        seterr(err, errlen, "topK must be at most %d with returnValues or returnMetadata=all "
+        pl_errf(err, errlen, "topK must be at most %d with returnValues or returnMetadata=all "
                             "(topK limit), got %" PRIu32, VX_INDEX_TOPK_MAX_WITH_DATA, k);
         return -EINVAL;
     }
@@ -2535,7 +2524,7 @@ int vx_index_query(vx_index *x, const vx_query *q, vx_match **out, size_t *n, ch
     if (!qv || !res) {
         free(qv);
         free(res);
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     vx_hnsw_hit hits[VX_INDEX_TOPK_MAX];
@@ -2547,7 +2536,7 @@ int vx_index_query(vx_index *x, const vx_query *q, vx_match **out, size_t *n, ch
     if (q->by_id) {
         rec *r = pmap_get(&x->ids, q->by_id, strlen(q->by_id), rec_eq);
         if (!r) {
-            seterr(err, errlen, "no vector with id '%.64s'", q->by_id);
+            pl_errf(err, errlen, "no vector with id '%.64s'", q->by_id);
             rc = -ENOENT;
             goto unlock;
         }
@@ -2631,7 +2620,7 @@ unlock:
     free(qv);
     if (rc) {
         if (rc == -ENOMEM)
-            seterr(err, errlen, "out of memory");
+            pl_errf(err, errlen, "out of memory");
         vx_matches_free(res, k);
         *n = 0;
         return rc;
@@ -2646,12 +2635,12 @@ int vx_index_get(vx_index *x, const char *const *ids, size_t n, vx_match **out, 
     *out = NULL;
     *nout = 0;
     if (!ids || n > VX_INDEX_IDS_MAX) {
-        seterr(err, errlen, "get takes at most %d ids (ids limit), got %zu", VX_INDEX_IDS_MAX, n);
+        pl_errf(err, errlen, "get takes at most %d ids (ids limit), got %zu", VX_INDEX_IDS_MAX, n);
         return -EINVAL;
     }
     vx_match *res = calloc(n ? n : 1, sizeof *res);
     if (!res) {
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     int rc = 0;
@@ -2667,7 +2656,7 @@ int vx_index_get(vx_index *x, const char *const *ids, size_t n, vx_match **out, 
     pthread_rwlock_unlock(&x->rw);
     if (rc) {
         vx_matches_free(res, n);
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return rc;
     }
     *out = res;
@@ -2682,13 +2671,13 @@ int vx_index_list(vx_index *x, const char *after, size_t count, vx_list_page *ou
     if (count == 0)
         count = 100;
     if (count > VX_INDEX_LIST_MAX) {
-        seterr(err, errlen, "count must be 1..%d (list limit), got %zu", VX_INDEX_LIST_MAX,
+        pl_errf(err, errlen, "count must be 1..%d (list limit), got %zu", VX_INDEX_LIST_MAX,
                count);
         return -EINVAL;
     }
     out->ids = calloc(count, sizeof *out->ids);
     if (!out->ids) {
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     int rc = 0;
@@ -2716,7 +2705,7 @@ int vx_index_list(vx_index *x, const char *after, size_t count, vx_list_page *ou
     pthread_rwlock_unlock(&x->rw);
     if (rc) {
         vx_list_page_free(out);
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
     }
     return rc;
 }

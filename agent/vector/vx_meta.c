@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "platform/pl_err.h"
+
 typedef struct num_ent {
     double v;
     uint32_t slot;
@@ -53,15 +55,6 @@ struct vx_meta {
     mindex *idx[VX_META_MAX_INDEXES];
     size_t nidx;
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static inline bool bit_get(const uint64_t *b, size_t i) { return (b[i >> 6] >> (i & 63)) & 1; }
 static inline void bit_set(uint64_t *b, size_t i) { b[i >> 6] |= 1ull << (i & 63); }
@@ -182,14 +175,14 @@ int vx_meta_add_index(vx_meta *m, const char *property, vx_meta_type type, char 
     if (err && errlen)
         err[0] = '\0';
     if (!property || (unsigned)type > VX_META_BOOLEAN) {
-        set_err(err, errlen, "metadata index needs a property name and a type");
+        pl_errf(err, errlen, "metadata index needs a property name and a type");
         return -1;
     }
     /* A property name follows the rules of filter keys: validate it as one. */
     json_t *probe = json_object();
     if (!probe || json_object_set_new(probe, property, json_true()) != 0) {
         json_decref(probe);
-        set_err(err, errlen, "metadata index property is not valid UTF-8");
+        pl_errf(err, errlen, "metadata index property is not valid UTF-8");
         return -1;
     }
     vx_filter *pf = vx_filter_parse(probe, err, errlen);
@@ -227,13 +220,13 @@ int vx_meta_add_index(vx_meta *m, const char *property, vx_meta_type type, char 
     pthread_rwlock_wrlock(&m->lock);
     if (find_index(m, property) >= 0) {
         pthread_rwlock_unlock(&m->lock);
-        set_err(err, errlen, "metadata index on '%.64s' already exists", property);
+        pl_errf(err, errlen, "metadata index on '%.64s' already exists", property);
         mindex_free(x, m->nslots);
         return -1;
     }
     if (m->nidx >= VX_META_MAX_INDEXES) {
         pthread_rwlock_unlock(&m->lock);
-        set_err(err, errlen, "at most %d metadata indexes", VX_META_MAX_INDEXES);
+        pl_errf(err, errlen, "at most %d metadata indexes", VX_META_MAX_INDEXES);
         mindex_free(x, m->nslots);
         return -1;
     }
@@ -244,7 +237,7 @@ int vx_meta_add_index(vx_meta *m, const char *property, vx_meta_type type, char 
     return 0;
 oom:
     mindex_free(x, m->nslots);
-    set_err(err, errlen, "out of memory");
+    pl_errf(err, errlen, "out of memory");
     return -1;
 }
 
@@ -255,7 +248,7 @@ int vx_meta_drop_index(vx_meta *m, const char *property, char *err, size_t errle
     long i = property ? find_index(m, property) : -1;
     if (i < 0) {
         pthread_rwlock_unlock(&m->lock);
-        set_err(err, errlen, "no metadata index on '%.64s'", property ? property : "");
+        pl_errf(err, errlen, "no metadata index on '%.64s'", property ? property : "");
         return -1;
     }
     mindex *x = m->idx[i];
@@ -730,7 +723,7 @@ int vx_meta_backfill(vx_meta *m, const char *property,
     long xi = property ? find_index(m, property) : -1;
     if (xi < 0) {
         pthread_rwlock_unlock(&m->lock);
-        set_err(err, errlen, "no metadata index on '%.64s'", property ? property : "");
+        pl_errf(err, errlen, "no metadata index on '%.64s'", property ? property : "");
         return -1;
     }
     mindex *x = m->idx[xi];
@@ -756,6 +749,6 @@ int vx_meta_backfill(vx_meta *m, const char *property,
         qsort(x->ssorted, x->n, sizeof *x->ssorted, str_ent_cmp);
     pthread_rwlock_unlock(&m->lock);
     if (rc < 0)
-        set_err(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
     return rc;
 }

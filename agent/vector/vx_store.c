@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "platform/pl_err.h"
 #include "platform/pl_file.h"
 #include "platform/pl_log.h"
 #include "platform/pl_time.h"
@@ -52,18 +53,6 @@ struct vx_store {
     size_t nfailed;
     uint64_t trash_seq;
 };
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* snprintf into a path buffer; false when it did not fit. */
 static bool pjoin(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -282,12 +271,12 @@ int vx_store_open(const vx_store_opts *o, vx_store **out, char *err, size_t errl
 {
     *out = NULL;
     if (!o || !o->root || !o->root[0]) {
-        seterr(err, errlen, "vector store needs a root directory");
+        pl_errf(err, errlen, "vector store needs a root directory");
         return -EINVAL;
     }
     int rc = pl_file_mkdirs(o->root);
     if (rc) {
-        seterr(err, errlen, "mkdir %s: %s", o->root, strerror(-rc));
+        pl_errf(err, errlen, "mkdir %s: %s", o->root, strerror(-rc));
         return -EIO;
     }
     vx_store *s = calloc(1, sizeof *s);
@@ -305,7 +294,7 @@ int vx_store_open(const vx_store_opts *o, vx_store **out, char *err, size_t errl
     vx_index_remove_dir(trash); /* deletions interrupted by a stop */
     DIR *d = opendir(s->root);
     if (!d) {
-        seterr(err, errlen, "opendir %s: %s", s->root, strerror(errno));
+        pl_errf(err, errlen, "opendir %s: %s", s->root, strerror(errno));
         vx_store_close(s);
         return -EIO;
     }
@@ -346,11 +335,11 @@ static int index_path(const vx_store *s, const char *account, const char *name, 
 {
     char ad[2 * VX_STORE_ACCOUNT_MAX + 2];
     if (!account || account_dir(account, ad, sizeof ad) != 0) {
-        seterr(err, errlen, "account name longer than %d bytes", VX_STORE_ACCOUNT_MAX);
+        pl_errf(err, errlen, "account name longer than %d bytes", VX_STORE_ACCOUNT_MAX);
         return -EINVAL;
     }
     if (!pjoin(out, cap, "%s/%s/%s", s->root, ad, name)) {
-        seterr(err, errlen, "path too long");
+        pl_errf(err, errlen, "path too long");
         return -EINVAL;
     }
     return 0;
@@ -370,12 +359,12 @@ int vx_store_create(vx_store *s, const char *account, const vx_index_config *c, 
     pthread_mutex_lock(&s->mu);
     if (find(s, account, c->name) >= 0) {
         pthread_mutex_unlock(&s->mu);
-        seterr(err, errlen, "an index named '%s' already exists", c->name);
+        pl_errf(err, errlen, "an index named '%s' already exists", c->name);
         return -EEXIST;
     }
     if (count_account(s, account) >= s->max_indexes) {
         pthread_mutex_unlock(&s->mu);
-        seterr(err, errlen, "the account has %" PRIu32 " indexes, the maximum (max_indexes)",
+        pl_errf(err, errlen, "the account has %" PRIu32 " indexes, the maximum (max_indexes)",
                s->max_indexes);
         return -ENOSPC;
     }
@@ -385,7 +374,7 @@ int vx_store_create(vx_store *s, const char *account, const vx_index_config *c, 
         vx_index_remove_on_close(x, path);
         vx_index_unref(x);
         rc = -ENOMEM;
-        seterr(err, errlen, "out of memory");
+        pl_errf(err, errlen, "out of memory");
     }
     if (rc == 0)
         vx_index_ref(x);
@@ -441,7 +430,7 @@ int vx_store_delete(vx_store *s, const char *account, const char *name, char *er
     long i = find(s, account, name);
     if (i < 0) {
         pthread_mutex_unlock(&s->mu);
-        seterr(err, errlen, "no index named '%.64s'", name);
+        pl_errf(err, errlen, "no index named '%.64s'", name);
         return -ENOENT;
     }
     entry e = s->e[i];

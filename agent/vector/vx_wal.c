@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "platform/pl_err.h"
 #include "logstore/ls_internal.h"
 
 #define SEG_MAGIC "OPVXWAL1"
@@ -90,18 +91,6 @@ struct vx_wal_snap_reader {
     uint64_t off, size;
     uint32_t crc, want;
 };
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int64_t now_ms(void)
 {
@@ -334,7 +323,7 @@ static int corrupt_at(rec_state *rs, size_t i, uint64_t off, uint64_t size, cons
     char name[32];
     seg_name(name, w->segs[i].no);
     if (!w->o.truncate_corrupt) {
-        seterr(rs->err, rs->errlen,
+        pl_errf(rs->err, rs->errlen,
                "%s/%s: %s at offset %" PRIu64 " (expected id %" PRIu64
                "); refusing to open (truncate_corrupt cuts the log there)",
                w->dir, name, what, off, rs->expect);
@@ -351,7 +340,7 @@ static int corrupt_at(rec_state *rs, size_t i, uint64_t off, uint64_t size, cons
         int e = -errno;
         if (fd >= 0)
             close(fd);
-        seterr(rs->err, rs->errlen, "%s/%s: cannot truncate: %s", w->dir, name, strerror(-e));
+        pl_errf(rs->err, rs->errlen, "%s/%s: cannot truncate: %s", w->dir, name, strerror(-e));
         return e ? e : -EIO;
     }
     close(fd);
@@ -370,7 +359,7 @@ static int scan_segment(rec_state *rs, size_t i)
     seg_name(name, w->segs[i].no);
     int fd = openat(w->dirfd, name, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
-        seterr(rs->err, rs->errlen, "%s/%s: %s", w->dir, name, strerror(errno));
+        pl_errf(rs->err, rs->errlen, "%s/%s: %s", w->dir, name, strerror(errno));
         return -errno;
     }
     struct stat sb;
@@ -386,7 +375,7 @@ static int scan_segment(rec_state *rs, size_t i)
         if (map == MAP_FAILED) {
             int e = -errno;
             close(fd);
-            seterr(rs->err, rs->errlen, "%s/%s: mmap: %s", w->dir, name, strerror(-e));
+            pl_errf(rs->err, rs->errlen, "%s/%s: mmap: %s", w->dir, name, strerror(-e));
             return e;
         }
     }
@@ -440,7 +429,7 @@ static int scan_segment(rec_state *rs, size_t i)
             if (last && !later) {
                 if (ftruncate(fd, (off_t)off) != 0 || sync_fd(w, fd) != 0) {
                     rc = -errno;
-                    seterr(rs->err, rs->errlen, "%s/%s: truncate: %s", w->dir, name,
+                    pl_errf(rs->err, rs->errlen, "%s/%s: truncate: %s", w->dir, name,
                            strerror(errno));
                     goto out;
                 }
@@ -467,7 +456,7 @@ static int scan_segment(rec_state *rs, size_t i)
                 vx_wal_rec r = {id, rs->last_ms, p[12], p + FRAME_HDR, n - FRAME_HDR};
                 int cr = rs->cb->on_record(rs->cb->ctx, &r);
                 if (cr != 0) {
-                    seterr(rs->err, rs->errlen, "on_record(%" PRIu64 ") returned %d", id, cr);
+                    pl_errf(rs->err, rs->errlen, "on_record(%" PRIu64 ") returned %d", id, cr);
                     rc = cr < 0 ? cr : -ECANCELED;
                     goto out;
                 }
@@ -747,9 +736,9 @@ int vx_wal_open(const vx_wal_opts *o, const vx_wal_replay *cb, vx_wal **out,
     vx_wal_replay_stats dummy;
     vx_wal_replay_stats *st = stats ? stats : &dummy;
     memset(st, 0, sizeof *st);
-    seterr(err, errlen, "%s", "");
+    pl_errf(err, errlen, "%s", "");
     if (!o || !o->dir || !*o->dir || !out) {
-        seterr(err, errlen, "no directory");
+        pl_errf(err, errlen, "no directory");
         return -EINVAL;
     }
     *out = NULL;
@@ -781,25 +770,25 @@ int vx_wal_open(const vx_wal_opts *o, const vx_wal_replay *cb, vx_wal **out,
     }
     if (mkdir(o->dir, 0755) != 0 && errno != EEXIST) {
         rc = -errno;
-        seterr(err, errlen, "mkdir %s: %s", o->dir, strerror(errno));
+        pl_errf(err, errlen, "mkdir %s: %s", o->dir, strerror(errno));
         goto fail;
     }
     w->dirfd = open(o->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (w->dirfd < 0) {
         rc = -errno;
-        seterr(err, errlen, "open %s: %s", o->dir, strerror(errno));
+        pl_errf(err, errlen, "open %s: %s", o->dir, strerror(errno));
         goto fail;
     }
     w->lockfd = openat(w->dirfd, "LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (w->lockfd < 0 || flock(w->lockfd, LOCK_EX | LOCK_NB) != 0) {
         rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
-        seterr(err, errlen, "%s: %s", o->dir,
+        pl_errf(err, errlen, "%s: %s", o->dir,
                rc == -EBUSY ? "open in another WAL" : strerror(errno));
         goto fail;
     }
     rc = list_dir(w);
     if (rc) {
-        seterr(err, errlen, "listing %s: %s", o->dir, strerror(-rc));
+        pl_errf(err, errlen, "listing %s: %s", o->dir, strerror(-rc));
         goto fail;
     }
 
@@ -834,7 +823,7 @@ int vx_wal_open(const vx_wal_opts *o, const vx_wal_replay *cb, vx_wal **out,
         }
         close(fd);
         if (cr != 0) {
-            seterr(err, errlen, "on_snapshot(%" PRIu64 ") returned %d", id, cr);
+            pl_errf(err, errlen, "on_snapshot(%" PRIu64 ") returned %d", id, cr);
             rc = cr < 0 ? cr : -ECANCELED;
             goto fail;
         }
@@ -860,7 +849,7 @@ int vx_wal_open(const vx_wal_opts *o, const vx_wal_replay *cb, vx_wal **out,
     }
     if (rs.snap_id == 0 && log_first > 1) {
         rc = -EBADMSG;
-        seterr(err, errlen,
+        pl_errf(err, errlen,
                "%s: the log starts at id %" PRIu64 " and no valid snapshot covers what is before",
                o->dir, log_first);
         goto fail;
@@ -893,13 +882,13 @@ int vx_wal_open(const vx_wal_opts *o, const vx_wal_replay *cb, vx_wal **out,
         w->seg_fd = openat(w->dirfd, name, O_RDWR | O_CLOEXEC);
         if (w->seg_fd < 0) {
             rc = -errno;
-            seterr(err, errlen, "%s/%s: %s", o->dir, name, strerror(errno));
+            pl_errf(err, errlen, "%s/%s: %s", o->dir, name, strerror(errno));
             goto fail;
         }
     } else {
         rc = new_segment(w, w->next_id);
         if (rc) {
-            seterr(err, errlen, "%s: new segment: %s", o->dir, strerror(-rc));
+            pl_errf(err, errlen, "%s: new segment: %s", o->dir, strerror(-rc));
             goto fail;
         }
     }
