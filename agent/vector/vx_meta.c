@@ -373,8 +373,11 @@ static const json_t *lookup(const mindex *x, const json_t *md) {
     return cur;
 }
 
-static int mindex_insert(mindex *x, uint32_t slot, const json_t *md) {
-    const json_t *v = lookup(x, md);
+/* Adds slot's value of md to x. append: at the end of the sorted array,
+ * leaving it unsorted (a backfill sorts once at the end); else at its
+ * sorted place. */
+static int mindex_add(mindex *x, uint32_t slot, const json_t *md, bool append) {
+    const json_t *v = md ? lookup(x, md) : NULL;
     if (!v)
         return 0;
     if (x->type == VX_META_NUMBER) {
@@ -383,8 +386,9 @@ static int mindex_insert(mindex *x, uint32_t slot, const json_t *md) {
         if (grow_sorted(x) < 0)
             return -1;
         double d = json_number_value(v);
-        size_t p = num_pos(x, d, slot);
-        memmove(&x->nsorted[p + 1], &x->nsorted[p], (x->n - p) * sizeof *x->nsorted);
+        size_t p = append ? x->n : num_pos(x, d, slot);
+        if (p < x->n)
+            memmove(&x->nsorted[p + 1], &x->nsorted[p], (x->n - p) * sizeof *x->nsorted);
         x->nsorted[p] = (num_ent){d, slot};
         x->n++;
         x->nval[slot] = d;
@@ -401,8 +405,9 @@ static int mindex_insert(mindex *x, uint32_t slot, const json_t *md) {
         }
         memcpy(s, json_string_value(v), len);
         s[len] = '\0';
-        size_t p = str_pos(x, s, len, slot);
-        memmove(&x->ssorted[p + 1], &x->ssorted[p], (x->n - p) * sizeof *x->ssorted);
+        size_t p = append ? x->n : str_pos(x, s, len, slot);
+        if (p < x->n)
+            memmove(&x->ssorted[p + 1], &x->ssorted[p], (x->n - p) * sizeof *x->ssorted);
         x->ssorted[p] = (str_ent){s, (uint32_t)len, slot};
         x->n++;
         x->sval[slot] = s;
@@ -433,7 +438,7 @@ int vx_meta_set(vx_meta *m, size_t slot, const json_t *metadata) {
     clear_locked(m, (uint32_t)slot);
     const json_t *md = json_is_object(metadata) ? metadata : NULL;
     for (size_t i = 0; md && i < m->nidx; i++) {
-        if (mindex_insert(m->idx[i], (uint32_t)slot, md) < 0) {
+        if (mindex_add(m->idx[i], (uint32_t)slot, md, false) < 0) {
             clear_locked(m, (uint32_t)slot);
             pthread_rwlock_unlock(&m->lock);
             return -1;
@@ -674,46 +679,6 @@ static int str_ent_cmp(const void *a, const void *b) {
     return x->slot < y->slot ? -1 : x->slot > y->slot ? 1 : 0;
 }
 
-/* Adds slot's value to x without keeping the sorted array sorted (the
- * caller sorts once at the end). */
-static int mindex_append(mindex *x, uint32_t slot, const json_t *md) {
-    const json_t *v = md ? lookup(x, md) : NULL;
-    if (!v)
-        return 0;
-    if (x->type == VX_META_NUMBER) {
-        if (!json_is_number(v))
-            return 0;
-        if (grow_sorted(x) < 0)
-            return -1;
-        double d = json_number_value(v);
-        x->nsorted[x->n++] = (num_ent){d, slot};
-        x->nval[slot] = d;
-    } else if (x->type == VX_META_STRING) {
-        if (!json_is_string(v))
-            return 0;
-        size_t full = json_string_length(v);
-        size_t len = prefix_len(json_string_value(v), full);
-        bool trunc = len < full;
-        char *s = malloc(len + 1);
-        if (!s || grow_sorted(x) < 0) {
-            free(s);
-            return -1;
-        }
-        memcpy(s, json_string_value(v), len);
-        s[len] = '\0';
-        x->ssorted[x->n++] = (str_ent){s, (uint32_t)len, slot};
-        x->sval[slot] = s;
-        x->sinfo[slot] = (uint8_t)(len | (trunc ? SINFO_TRUNC : 0));
-        x->ntrunc += trunc;
-    } else {
-        if (!json_is_boolean(v))
-            return 0;
-        bit_set(json_is_true(v) ? x->btrue : x->bfalse, slot);
-    }
-    bit_set(x->has, slot);
-    return 0;
-}
-
 int vx_meta_backfill(vx_meta *m, const char *property,
                      const json_t *(*doc)(void *ctx, size_t slot), void *ctx, char *err,
                      size_t errlen) {
@@ -731,7 +696,7 @@ int vx_meta_backfill(vx_meta *m, const char *property,
     for (size_t w = 0; w < m->nwords && x->nstale > 0; w++) {
         while (x->stale[w]) {
             uint32_t slot = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(x->stale[w]));
-            if (mindex_append(x, slot, doc(ctx, slot)) < 0) {
+            if (mindex_add(x, slot, doc(ctx, slot), true) < 0) {
                 rc = -1;
                 break;
             }
