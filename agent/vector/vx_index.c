@@ -1718,6 +1718,8 @@ static vx_index *index_alloc(const char *dir, const vx_index_opts *o)
         x->opts.snapshot_every_mutations = 10000;
     if (!x->opts.write_timeout_ms)
         x->opts.write_timeout_ms = 30000;
+    if (!x->opts.max_pending_bytes)
+        x->opts.max_pending_bytes = VX_INDEX_MAX_PENDING_BYTES;
     atomic_init(&x->refs, 1);
     atomic_init(&x->compactions, 0);
     atomic_init(&x->snapshot_id, 0);
@@ -2025,10 +2027,12 @@ static int submit(vx_index *x, uint8_t type, uint8_t *payload, size_t len, submi
             rc = -ESHUTDOWN;
             break;
         }
-        if (x->qbytes && x->qbytes + len > VX_INDEX_MAX_PENDING_BYTES) {
+        if (x->qbytes && x->qbytes + len > x->opts.max_pending_bytes) {
             if (pthread_cond_timedwait(&x->cv_done, &x->mu, &dl) == ETIMEDOUT) {
-                pl_errf(err, errlen, "too many mutations waiting to be applied (over %u MiB "
-                                    "pending); retry later", VX_INDEX_MAX_PENDING_BYTES >> 20);
+                pl_errf(err, errlen,
+                        "too many mutations waiting to be applied (over %" PRIu64
+                        " bytes pending); retry later",
+                        x->opts.max_pending_bytes);
                 rc = -EAGAIN;
                 break;
             }

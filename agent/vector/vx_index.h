@@ -32,7 +32,8 @@
  *   skipped, decided when applied); upsert replaces vector, namespace and
  *   metadata whole.
  *   Backpressure: mutations appended but not yet applied are bounded
- *   (VX_INDEX_MAX_PENDING_BYTES of encoded records); past it a writer
+ *   (opts.max_pending_bytes of encoded records, default
+ *   VX_INDEX_MAX_PENDING_BYTES); past it a writer
  *   waits up to its timeout, then gets -EAGAIN (HTTP 429 with Retry-After).
  *
  * Snapshots and start-up
@@ -148,6 +149,7 @@ typedef struct vx_index_opts {
     uint64_t snapshot_every_bytes;     /* 0 = 64 MiB of log since the last snapshot */
     uint64_t snapshot_every_mutations; /* 0 = 10000 */
     int write_timeout_ms;              /* backpressure wait; 0 = 30000 */
+    uint64_t max_pending_bytes;        /* logged, not applied; 0 = VX_INDEX_MAX_PENDING_BYTES */
 } vx_index_opts;
 
 void vx_index_opts_init(vx_index_opts *o);

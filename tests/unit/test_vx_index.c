@@ -1171,3 +1171,41 @@ Test(vx_index, damaged_log_payloads_never_crash_open)
     ts_tmpdir_remove(root);
     free(root);
 }
+
+/* Backpressure: with more logged-but-unapplied bytes than max_pending_bytes
+ * a writer waits write_timeout_ms, then gets -EAGAIN with a message; nothing
+ * of the refused mutation is logged, and once the apply thread caught up
+ * writes are accepted again. One batch of 1,000 vectors of 512 dimensions
+ * (2 MB encoded: a first mutation is always taken) keeps the apply thread
+ * busy for far longer than the 50 ms a second writer waits. */
+Test(vx_index, backpressure_eagain_then_accepts_again)
+{
+    char *dir = ts_tmpdir();
+    vx_index_opts o;
+    vx_index_opts_init(&o);
+    o.fsync = false;
+    o.max_pending_bytes = 1u << 20;
+    o.write_timeout_ms = 50;
+    const uint32_t dim = 512;
+    const size_t n = 1000;
+    vx_index *x = make(dir, dim, VX_EUCLIDEAN, &o);
+    float *data = gen_data(n + 1, dim);
+    uint64_t first = put_rows(x, data, dim, 0, n, NULL, NULL);
+    cr_assert_gt(first, 0);
+    vx_vector_in v = {"late", data + n * dim, NULL, NULL};
+    uint64_t id = 0;
+    char err[256] = "";
+    int rc = vx_index_upsert(x, &v, 1, &id, err, sizeof err);
+    cr_assert_eq(rc, -EAGAIN, "rc %d: %s", rc, err);
+    cr_expect(strstr(err, "pending") != NULL, "%s", err);
+    vx_index_info info;
+    vx_index_info_get(x, &info);
+    cr_expect_eq(info.last_mutation, first, "the refused mutation was not logged");
+    cr_assert_eq(vx_index_wait_applied(x, first, 60000), 0);
+    rc = vx_index_upsert(x, &v, 1, &id, err, sizeof err);
+    cr_assert_eq(rc, 0, "after catching up: %d %s", rc, err);
+    cr_expect_eq(id, first + 1);
+    vx_index_unref(x);
+    free(data);
+    ts_tmpdir_remove(dir);
+}
