@@ -1175,9 +1175,10 @@ Test(vx_index, damaged_log_payloads_never_crash_open)
 /* Backpressure: with more logged-but-unapplied bytes than max_pending_bytes
  * a writer waits write_timeout_ms, then gets -EAGAIN with a message; nothing
  * of the refused mutation is logged, and once the apply thread caught up
- * writes are accepted again. One batch of 1,000 vectors of 512 dimensions
- * (2 MB encoded: a first mutation is always taken) keeps the apply thread
- * busy for far longer than the 50 ms a second writer waits. */
+ * writes are accepted again. One batch of 1,000 vectors of 1,024
+ * dimensions (4 MB encoded: a first mutation is always taken) keeps the
+ * apply thread busy for far longer (hundreds of ms) than the 20 ms a
+ * second writer waits. */
 Test(vx_index, backpressure_eagain_then_accepts_again)
 {
     char *dir = ts_tmpdir();
@@ -1185,8 +1186,8 @@ Test(vx_index, backpressure_eagain_then_accepts_again)
     vx_index_opts_init(&o);
     o.fsync = false;
     o.max_pending_bytes = 1u << 20;
-    o.write_timeout_ms = 50;
-    const uint32_t dim = 512;
+    o.write_timeout_ms = 20;
+    const uint32_t dim = 1024;
     const size_t n = 1000;
     vx_index *x = make(dir, dim, VX_EUCLIDEAN, &o);
     float *data = gen_data(n + 1, dim);
