@@ -1209,4 +1209,5 @@ Test(vx_index, backpressure_eagain_then_accepts_again)
     vx_index_unref(x);
     free(data);
     ts_tmpdir_remove(dir);
+    free(dir);
 }
