@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -239,6 +240,27 @@ static int json_bool_of(const json_t *v, const char *key, bool *out, char *err, 
     return 0;
 }
 
+/* The gateway's boolean settings: the API key and the field it sets (null
+ * restores the default). */
+typedef struct bool_field_t {
+    const char *key;
+    size_t offset;
+} bool_field_t;
+
+static const bool_field_t *bool_field(const char *key)
+{
+    static const bool_field_t fields[] = {
+        {"collect_logs", offsetof(op_config_gateway, collect_logs)},
+        {"log_payloads", offsetof(op_config_gateway, log_payloads)},
+        {"authentication", offsetof(op_config_gateway, authentication)},
+        {"sync_logs", offsetof(op_config_gateway, sync_logs)},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (strcmp(key, fields[i].key) == 0)
+            return &fields[i];
+    return NULL;
+}
+
 int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, size_t errlen)
 {
     if (!json_is_object(obj)) {
@@ -254,6 +276,7 @@ int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, si
         bool null = json_is_null(v);
         long long i = 0;
         int rc = 0;
+        const bool_field_t *bf;
         if (strcmp(key, "id") == 0 || strcmp(key, "created_at") == 0 ||
             strcmp(key, "modified_at") == 0 || strcmp(key, "source") == 0) {
             continue; /* read-only; shown by GET, so a GET-edit-PUT works */
@@ -268,26 +291,12 @@ int gw_gateway_apply_json(op_config_gateway *g, const json_t *obj, char *err, si
                 g->cache_ttl_s = d.cache_ttl_s;
             else if ((rc = json_int_in(v, key, 0, GW_CACHE_TTL_S_MAX, &i, err, errlen)) == 0)
                 g->cache_ttl_s = (int)i;
-        } else if (strcmp(key, "collect_logs") == 0) {
+        } else if ((bf = bool_field(key)) != NULL) {
+            bool *dst = (bool *)((char *)g + bf->offset);
             if (null)
-                g->collect_logs = d.collect_logs;
+                *dst = *(const bool *)((const char *)&d + bf->offset);
             else
-                rc = json_bool_of(v, key, &g->collect_logs, err, errlen);
-        } else if (strcmp(key, "log_payloads") == 0) {
-            if (null)
-                g->log_payloads = d.log_payloads;
-            else
-                rc = json_bool_of(v, key, &g->log_payloads, err, errlen);
-        } else if (strcmp(key, "authentication") == 0) {
-            if (null)
-                g->authentication = d.authentication;
-            else
-                rc = json_bool_of(v, key, &g->authentication, err, errlen);
-        } else if (strcmp(key, "sync_logs") == 0) {
-            if (null)
-                g->sync_logs = d.sync_logs;
-            else
-                rc = json_bool_of(v, key, &g->sync_logs, err, errlen);
+                rc = json_bool_of(v, key, dst, err, errlen);
         } else if (strcmp(key, "rate_limiting_interval") == 0) {
             if (null)
                 g->rate_limit_window_s = d.rate_limit_window_s;

@@ -1674,19 +1674,31 @@ static void reply_matches(vreq *q, const vx_match *ms, size_t n, bool query, uin
     free(body);
 }
 
-static void handle_get_by_ids(vreq *q, vx_index *x)
+/* The body of get_by_ids / delete_by_ids: {"ids": [...]}. Returns the
+ * parsed body (its strings back *ids; the caller frees *ids, then drops the
+ * body), or NULL once the request was answered with the error. */
+static json_t *body_ids(vreq *q, const char ***ids, size_t *n)
 {
     json_t *in = body_object(q);
     if (!in)
-        return;
-    const char **ids = NULL;
-    size_t n = 0;
+        return NULL;
     char err[512] = "";
-    if (read_ids(in, &ids, &n, err, sizeof err) != 0) {
+    if (read_ids(in, ids, n, err, sizeof err) != 0) {
         json_decref(in);
         bad_input(q, err);
-        return;
+        return NULL;
     }
+    return in;
+}
+
+static void handle_get_by_ids(vreq *q, vx_index *x)
+{
+    const char **ids = NULL;
+    size_t n = 0;
+    json_t *in = body_ids(q, &ids, &n);
+    if (!in)
+        return;
+    char err[512] = "";
     vx_match *ms = NULL;
     size_t nm = 0;
     int rc = vx_index_get(x, ids, n, &ms, &nm, err, sizeof err);
@@ -1702,17 +1714,12 @@ static void handle_get_by_ids(vreq *q, vx_index *x)
 
 static void handle_delete_by_ids(vreq *q, vx_index *x)
 {
-    json_t *in = body_object(q);
-    if (!in)
-        return;
     const char **ids = NULL;
     size_t n = 0;
-    char err[512] = "";
-    if (read_ids(in, &ids, &n, err, sizeof err) != 0) {
-        json_decref(in);
-        bad_input(q, err);
+    json_t *in = body_ids(q, &ids, &n);
+    if (!in)
         return;
-    }
+    char err[512] = "";
     uint64_t mid = 0;
     int rc = vx_index_delete_ids(x, ids, n, &mid, err, sizeof err);
     free(ids);
