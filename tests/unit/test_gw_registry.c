@@ -460,6 +460,16 @@ Test(gw_registry, settings_from_json)
     cr_assert_eq(g.max_attempts, 1);
     cr_assert_eq(g.backoff, OP_BACKOFF_EXPONENTIAL);
     cr_assert_eq(g.retention_max_logs, 0);
+    /* each boolean back to its own default (collect_logs and log_payloads
+     * default on, authentication and sync_logs off) */
+    cr_assert_eq(apply(&g, "{\"collect_logs\":null,\"log_payloads\":null,"
+                           "\"authentication\":null,\"sync_logs\":null}",
+                       err, sizeof err),
+                 0, "%s", err);
+    cr_assert(g.collect_logs);
+    cr_assert(g.log_payloads);
+    cr_assert(!g.authentication);
+    cr_assert(!g.sync_logs);
 
     static const char *const bad[][2] = {
         {"[]", "body"},
